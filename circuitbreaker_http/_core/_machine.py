@@ -1,0 +1,494 @@
+"""The pure breaker engine: one state machine and its sliding window.
+
+Theory of operation
+-------------------
+
+``BreakerCore`` is a plain object with no clock, no lock and no I/O. Every
+method that depends on time takes ``now`` (a clock reading in seconds), so the
+shell (``CircuitBreaker``) decides where time comes from and tests move it by
+hand. The core can say when it would next change state by itself
+(:meth:`BreakerCore.next_transition_at`), as a protocol engine with timers does.
+
+Permits. Every call let through holds a *permit*, an ``int``, that settles
+exactly once: :meth:`record` (success or failure, with a slow flag and an
+optional Retry-After not-before time) or :meth:`release` (no outcome). Each
+entry into a state takes a fresh serial number, the *cycle*; a closed-state
+permit is the cycle itself, so admitting a call allocates nothing and needs no
+lock (the shell reads :attr:`fast_permit`, a single attribute). A half-open
+trial gets a serial of its own, kept in :attr:`trials` with the time it was let
+through. An outcome whose permit is neither the current closed cycle nor a
+live trial is stale (its call was let through before a transition) and changes
+nothing. ``DISABLED_PERMIT`` (0) is never a cycle, so it records nothing.
+
+The window. Outcomes are counted in a ring of buckets aligned to multiples of
+``window / 10`` on the clock: the bucket filling now plus the ten before it.
+An outcome therefore leaves the window between ``window`` and ``1.1 × window``
+after it was recorded, recording is O(1), memory is O(buckets), and buckets of
+different processes line up, so a fleet can add its windows together. Running
+totals make every rule check O(1). The consecutive-failure count sits beside
+the window and is not aged.
+
+Transitions all go through :meth:`_transition`, which looks the move up in
+``TRANSITIONS``; a move that is not in the table raises
+:class:`IllegalTransition` before anything changes. Each transition is appended
+to :attr:`changes` for the shell to hand to listeners outside its lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._values import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
+
+__all__ = [
+    "BUCKETS",
+    "DISABLED_PERMIT",
+    "TRANSITIONS",
+    "BreakerCore",
+    "CoreState",
+    "IllegalTransition",
+    "bucket_of",
+]
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+FORCED_OPEN = CircuitState.FORCED_OPEN
+DISABLED = CircuitState.DISABLED
+
+BUCKETS = 10
+"""Buckets of history in the window; one more slot holds the bucket filling now."""
+_SLOTS = BUCKETS + 1
+
+DISABLED_PERMIT = 0
+"""The permit handed out while disabled: it is never a cycle, so it records nothing."""
+
+# (state, trigger) -> new state. Anything absent is illegal.
+TRANSITIONS: dict[tuple[CircuitState, str], CircuitState] = {
+    (CLOSED, "trip"): OPEN,
+    (OPEN, "open_period_ended"): HALF_OPEN,
+    (HALF_OPEN, "trial_failed"): OPEN,
+    (HALF_OPEN, "trial_timed_out"): OPEN,
+    (HALF_OPEN, "trials_succeeded"): CLOSED,
+}
+for _state in CircuitState:
+    TRANSITIONS[(_state, "force_open")] = FORCED_OPEN
+    TRANSITIONS[(_state, "disable")] = DISABLED
+    TRANSITIONS[(_state, "reset")] = CLOSED
+del _state
+
+
+class IllegalTransition(RuntimeError):
+    """A transition that the table does not allow; the state is left as it was."""
+
+
+def bucket_of(now: float, width: float) -> int:
+    """Return the index of the bucket of ``width`` seconds that ``now`` falls in."""
+    return int(now // width)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreState:
+    """The breaker's state as a plain value that can be stored, sent and merged.
+
+    ``buckets`` holds ``(bucket index, calls, failures, slow calls)`` for each
+    non-empty bucket of the window, oldest first; bucket ``i`` covers
+    ``[i × width, (i + 1) × width)`` on the clock.
+    """
+
+    state: CircuitState
+    open_until: float
+    open_count: int
+    not_before: float | None
+    consecutive_failures: int
+    width: float
+    buckets: tuple[tuple[int, int, int, int], ...]
+
+    def merged_buckets(self, other: CoreState) -> tuple[tuple[int, int, int, int], ...]:
+        """Add up the aligned buckets of two states (for a fleet's shared window)."""
+        if other.width != self.width:
+            raise ValueError("cannot merge windows of different widths")
+        totals: dict[int, list[int]] = {}
+        for index, calls, failures, slow in (*self.buckets, *other.buckets):
+            row = totals.setdefault(index, [0, 0, 0])
+            row[0] += calls
+            row[1] += failures
+            row[2] += slow
+        return tuple((i, *totals[i]) for i in sorted(totals))  # type: ignore[misc]
+
+
+class BreakerCore:
+    """The pure state machine behind one ``CircuitBreaker``. Not thread-safe.
+
+    Args:
+        name: The breaker's name, copied into every ``StateChange``.
+        config: Its configuration.
+        random: A zero-argument callable returning a float in ``[0, 1)``, used
+            only for ``open_jitter``.
+    """
+
+    __slots__ = (
+        "_b_calls",
+        "_b_failures",
+        "_b_slow",
+        "_cf",
+        "_fr",
+        "_head",
+        "_min_calls",
+        "_random",
+        "_scr",
+        "_serial",
+        "_slot",
+        "_width",
+        "calls",
+        "changes",
+        "config",
+        "consecutive",
+        "cycle",
+        "failures",
+        "fast_permit",
+        "name",
+        "not_before",
+        "open_count",
+        "open_until",
+        "slots_used",
+        "slow_calls",
+        "state",
+        "trial_successes",
+        "trials",
+    )
+
+    def __init__(self, name: str, config: BreakerConfig, random: Callable[[], float]) -> None:
+        self.name = name
+        self.config = config
+        self._random = random
+        self._cf = config.consecutive_failures
+        self._fr = config.failure_rate
+        self._min_calls = config.minimum_calls
+        self._scr = config.slow_call_rate if config.slow_call_duration is not None else None
+        self._width = config.window / BUCKETS
+        self.state = CLOSED
+        self._serial = 1
+        self.cycle = 1
+        self.fast_permit: int | None = 1
+        self.changes: list[StateChange] = []
+        # window
+        self._b_calls = [0] * _SLOTS
+        self._b_failures = [0] * _SLOTS
+        self._b_slow = [0] * _SLOTS
+        self._head: int | None = None
+        self._slot = 0
+        self.calls = 0
+        self.failures = 0
+        self.slow_calls = 0
+        self.consecutive = 0
+        # open periods
+        self.open_count = 0
+        self.open_until = 0.0
+        self.not_before: float | None = None
+        # half-open trials: permit -> [let through at, still holding a slot]
+        self.trials: dict[int, list[float | bool]] = {}
+        self.slots_used = 0
+        self.trial_successes = 0
+
+    # -- admission -----------------------------------------------------------
+
+    def acquire(self, now: float) -> int | None:
+        """Let a call through and return its permit, or return ``None`` to reject it."""
+        state = self.state
+        if state is CLOSED:
+            return self.cycle
+        if state is DISABLED:
+            return DISABLED_PERMIT
+        if state is FORCED_OPEN:
+            return None
+        if state is OPEN:
+            if now < self.open_until:
+                return None
+            self._transition("open_period_ended", now)
+        else:
+            self._expire_trials(now)
+            if self.state is not HALF_OPEN:
+                return None
+        if self.slots_used >= self.config.half_open_max_calls:
+            return None
+        self._serial += 1
+        permit = self._serial
+        self.trials[permit] = [now, True]
+        self.slots_used += 1
+        return permit
+
+    def poll(self, now: float) -> None:
+        """Apply the transitions that time alone causes (a look at the breaker)."""
+        state = self.state
+        if state is OPEN:
+            if now >= self.open_until:
+                self._transition("open_period_ended", now)
+        elif state is HALF_OPEN:
+            self._expire_trials(now)
+
+    def next_transition_at(self) -> float | None:
+        """Return the clock reading at which time alone would change the state, if any."""
+        if self.state is OPEN:
+            return self.open_until
+        if self.state is HALF_OPEN and self.trials:
+            oldest = min(float(trial[0]) for trial in self.trials.values())
+            return oldest + self.config.max_open_duration
+        return None
+
+    # -- outcomes ------------------------------------------------------------
+
+    def success(self, permit: int, now: float) -> None:
+        """Settle ``permit`` as a success that was not slow: the hot path of :meth:`record`."""
+        # Only a closed cycle's permit equals ``cycle``: open and forced-open
+        # cycles hand out none, and half-open trials get serials of their own.
+        if permit != self.cycle:
+            self.record(permit, now, False)
+            return
+        # Compared as a float: int() would cost a call on the hot path.
+        index = now // self._width
+        slot = self._slot if index == self._head else self._slot_at(int(index))
+        self._b_calls[slot] += 1
+        self.calls += 1
+        self.consecutive = 0
+        # A success lowers every rate, but ageing out or reaching minimum_calls
+        # can still leave a rate at its threshold.
+        if (self.failures or self.slow_calls) and self.calls >= self._min_calls:
+            self._check_rates(now)
+
+    def record(
+        self,
+        permit: int,
+        now: float,
+        failed: bool,
+        slow: bool = False,
+        retry_at: float | None = None,
+    ) -> None:
+        """Settle ``permit`` with an outcome.
+
+        Args:
+            permit: What :meth:`acquire` returned for the call.
+            now: The clock reading when the outcome happened.
+            failed: Whether the call failed.
+            slow: Whether it was slow (a slow failure is both).
+            retry_at: For a failure, a not-before time taken from ``Retry-After``.
+        """
+        if permit == self.cycle:
+            slot = self._slot_at(int(now // self._width))
+            self._b_calls[slot] += 1
+            self.calls += 1
+            if slow:
+                self._b_slow[slot] += 1
+                self.slow_calls += 1
+            if failed:
+                self._b_failures[slot] += 1
+                self.failures += 1
+                self.consecutive += 1
+                if retry_at is not None and self.config.respect_retry_after:
+                    self.not_before = retry_at
+                if self._cf is not None and self.consecutive >= self._cf:
+                    self._transition("trip", now, "consecutive_failures")
+                    return
+            else:
+                self.consecutive = 0
+            if self.calls >= self._min_calls:
+                self._check_rates(now)
+            return
+        if self.state is not HALF_OPEN:
+            return
+        trial = self.trials.pop(permit, None)
+        if trial is None:
+            return
+        if trial[1]:
+            self.slots_used -= 1
+        if failed or slow:
+            if failed and retry_at is not None and self.config.respect_retry_after:
+                self.not_before = retry_at
+            self._transition("trial_failed", now)
+        else:
+            self._trial_succeeded(now)
+
+    def _check_rates(self, now: float) -> None:
+        calls = self.calls
+        if self._fr is not None and self.failures / calls >= self._fr:
+            self._transition("trip", now, "failure_rate")
+        elif self._scr is not None and self.slow_calls / calls >= self._scr:
+            self._transition("trip", now, "slow_call_rate")
+
+    def headers_ok(self, permit: int) -> None:
+        """Free a half-open trial's slot once a success status has arrived.
+
+        The trial's outcome still settles later through :meth:`record`; if it
+        is never settled it counts as a success ``max_open_duration`` after it
+        was let through.
+        """
+        if self.state is HALF_OPEN:
+            trial = self.trials.get(permit)
+            if trial is not None and trial[1]:
+                trial[1] = False
+                self.slots_used -= 1
+
+    def release(self, permit: int) -> None:
+        """Settle ``permit`` with no outcome (cancelled, ignored, not about the upstream)."""
+        if self.state is HALF_OPEN:
+            trial = self.trials.pop(permit, None)
+            if trial is not None and trial[1]:
+                self.slots_used -= 1
+
+    # -- manual control ------------------------------------------------------
+
+    def force_open(self, now: float) -> None:
+        """Open by hand until :meth:`reset`."""
+        self._transition("force_open", now)
+
+    def disable(self, now: float) -> None:
+        """Let every call pass and record nothing until :meth:`reset`."""
+        self._transition("disable", now)
+
+    def reset(self, now: float) -> None:
+        """Back to closed with the window, backoff and Retry-After forgotten."""
+        self._transition("reset", now)
+
+    # -- views ---------------------------------------------------------------
+
+    def snapshot(self, now: float) -> BreakerSnapshot:
+        """Return the breaker as it is at ``now`` (after any time-driven transition)."""
+        self.poll(now)
+        self._advance(bucket_of(now, self._width))
+        calls = self.calls
+        state = self.state
+        return BreakerSnapshot(
+            name=self.name,
+            state=state,
+            calls=calls,
+            failures=self.failures,
+            slow_calls=self.slow_calls,
+            consecutive_failures=self.consecutive,
+            failure_rate=self.failures / calls if calls else None,
+            slow_call_rate=self.slow_calls / calls if calls else None,
+            retry_after=max(0.0, self.open_until - now) if state is OPEN else None,
+            open_count=self.open_count,
+            trials_in_flight=self.slots_used,
+            at=now,
+        )
+
+    def export(self, now: float) -> CoreState:
+        """Return the state as a plain value (see :class:`CoreState`)."""
+        self._advance(bucket_of(now, self._width))
+        buckets = []
+        head = self._head
+        if head is not None:
+            for index in range(head - BUCKETS, head + 1):
+                slot = index % _SLOTS
+                if self._b_calls[slot]:
+                    buckets.append(
+                        (index, self._b_calls[slot], self._b_failures[slot], self._b_slow[slot])
+                    )
+        return CoreState(
+            state=self.state,
+            open_until=self.open_until,
+            open_count=self.open_count,
+            not_before=self.not_before,
+            consecutive_failures=self.consecutive,
+            width=self._width,
+            buckets=tuple(buckets),
+        )
+
+    # -- internals -----------------------------------------------------------
+
+    def _slot_at(self, index: int) -> int:
+        """Return the ring slot to count an outcome of bucket ``index`` in, ageing the window."""
+        head = self._head
+        if head is not None and index <= head:
+            # A clock that stepped back still lands in the newest bucket.
+            return self._slot
+        self._advance(index)
+        return self._slot
+
+    def _advance(self, index: int) -> None:
+        """Drop the buckets that have left the window when time reaches bucket ``index``."""
+        head = self._head
+        if head is not None and index <= head:
+            return
+        self._head = index
+        self._slot = index % _SLOTS
+        if head is None or index - head >= _SLOTS:
+            self._clear_window()
+            return
+        b_calls, b_failures, b_slow = self._b_calls, self._b_failures, self._b_slow
+        for i in range(head + 1, index + 1):
+            slot = i % _SLOTS
+            if b_calls[slot]:
+                self.calls -= b_calls[slot]
+                self.failures -= b_failures[slot]
+                self.slow_calls -= b_slow[slot]
+                b_calls[slot] = b_failures[slot] = b_slow[slot] = 0
+
+    def _clear_window(self) -> None:
+        self._b_calls[:] = self._b_failures[:] = self._b_slow[:] = [0] * _SLOTS
+        self.calls = self.failures = self.slow_calls = 0
+
+    def _expire_trials(self, now: float) -> None:
+        limit = self.config.max_open_duration
+        for permit, (started, holding) in list(self.trials.items()):
+            if now - float(started) < limit:
+                continue
+            del self.trials[permit]
+            if holding:
+                self.slots_used -= 1
+                self._transition("trial_timed_out", now)
+                return
+            self._trial_succeeded(now)
+            if self.state is not HALF_OPEN:
+                return
+
+    def _trial_succeeded(self, now: float) -> None:
+        self.trial_successes += 1
+        if self.trial_successes >= self.config.success_threshold:
+            self._transition("trials_succeeded", now)
+
+    def _open_period(self, now: float) -> float:
+        config = self.config
+        period = config.open_duration
+        if self.open_count > 1 and config.open_backoff > 1:
+            try:
+                period *= config.open_backoff ** (self.open_count - 1)
+            except OverflowError:
+                period = math.inf
+        if self.not_before is not None and self.not_before - now > period:
+            period = self.not_before - now
+        period = min(period, config.max_open_duration)
+        if config.open_jitter:
+            period *= 1.0 + self._random() * config.open_jitter
+        return period
+
+    def _transition(self, trigger: str, now: float, reason: str | None = None) -> None:
+        old = self.state
+        new = TRANSITIONS.get((old, trigger))
+        if new is None:
+            raise IllegalTransition(f"{self.name}: cannot {trigger!r} from {old.value!r}")
+        if trigger == "reset" or new is CLOSED:
+            self._clear_window()
+            self._head = None
+            self.consecutive = 0
+            self.open_count = 0
+            self.not_before = None
+        if new is OPEN:
+            self.open_count += 1
+            self.open_until = now + self._open_period(now)
+        self.trials.clear()
+        self.slots_used = 0
+        self.trial_successes = 0
+        self._serial += 1
+        self.cycle = self._serial
+        self.state = new
+        if new is CLOSED:
+            self.fast_permit = self.cycle
+        elif new is DISABLED:
+            self.fast_permit = DISABLED_PERMIT
+        else:
+            self.fast_permit = None
+        if new is not old:
+            self.changes.append(StateChange(self.name, old, new, reason or trigger, now))

@@ -1,0 +1,276 @@
+"""Plain values shared by every layer: states, verdicts, configuration, events.
+
+Nothing here reads a clock, takes a lock or does I/O; every value is immutable.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "CallInfo",
+    "CircuitState",
+    "StateChange",
+    "Verdict",
+]
+
+
+class CircuitState(enum.Enum):
+    """The state of one circuit breaker."""
+
+    CLOSED = "closed"
+    """Calls flow; outcomes are recorded."""
+    OPEN = "open"
+    """Calls are short-circuited until the open period ends."""
+    HALF_OPEN = "half_open"
+    """A limited number of trial calls may pass."""
+    FORCED_OPEN = "forced_open"
+    """Opened by hand with ``force_open()``; stays open until ``reset()``."""
+    DISABLED = "disabled"
+    """Disabled by hand with ``disable()``: every call passes, nothing is recorded."""
+
+
+class Verdict(enum.Enum):
+    """What a ``classify`` hook decides about one call."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORE = "ignore"
+    """Record nothing for this call (a half-open trial gives its slot back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What a ``classify`` hook is told about one call.
+
+    Attributes:
+        key: The breaker's name (for HTTP, the key such as ``https://api.example.com``).
+        method: The HTTP method, or ``""`` for ``CircuitBreaker.call``.
+        url: The full URL, or ``""`` for ``CircuitBreaker.call``.
+        status: The HTTP status code, or ``None`` when no response arrived.
+        headers: The response headers (the client's own case-insensitive object), or ``None``.
+        error: The exception raised, or ``None``.
+        duration: Seconds spent waiting on the upstream so far.
+    """
+
+    key: str
+    method: str
+    url: str
+    status: int | None
+    headers: Mapping[str, str] | None
+    error: BaseException | None
+    duration: float
+
+
+def _default_failure_statuses() -> frozenset[int]:
+    # 501 Not Implemented and 505 HTTP Version Not Supported describe the request,
+    # not the health of the upstream, so retrying them later changes nothing.
+    return frozenset({408, 429} | (set(range(500, 600)) - {501, 505}))
+
+
+DEFAULT_FAILURE_STATUSES: frozenset[int] = _default_failure_statuses()
+"""408, 429 and 500–599 except 501 and 505."""
+
+Classifier = Callable[[CallInfo], "Verdict | None"]
+
+
+def _check(ok: bool, name: str, requirement: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"BreakerConfig.{name} must be {requirement}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerConfig:
+    """How one circuit breaker decides to open and close. Immutable.
+
+    Make variants with :func:`dataclasses.replace`. Every field is validated at
+    construction; a bad value raises :class:`ValueError` naming the field.
+
+    Attributes:
+        consecutive_failures: Trip after this many failures in a row (``None``: off).
+        failure_rate: Trip when failed / recorded calls in the window reaches this
+            (``None``: off).
+        minimum_calls: No rate-based trip with fewer calls than this in the window.
+        window: Seconds covered by the sliding window. It is kept in buckets
+            aligned to multiples of ``window / 10`` on the clock, so an outcome
+            leaves it between ``window`` and ``1.1 × window`` after it was recorded.
+        slow_call_duration: A call longer than this many seconds is slow (``None``: off).
+        slow_call_rate: Trip when slow / recorded calls in the window reaches this.
+        open_duration: Seconds the breaker stays open the first time it trips.
+        open_backoff: Each consecutive re-open multiplies the open period by this.
+        max_open_duration: Cap on any open period before jitter; also how long a
+            half-open trial may stay unsettled before it is judged.
+        open_jitter: Each open period is stretched by a random fraction up to this.
+        half_open_max_calls: Trial calls allowed in flight at once while half-open.
+        success_threshold: Successful trials needed to close again.
+        failure_statuses: HTTP statuses that count as failures.
+        respect_retry_after: Let a failure's ``Retry-After`` lengthen the open period.
+        classify: ``classify(CallInfo) -> Verdict | None`` to decide outcomes yourself.
+    """
+
+    consecutive_failures: int | None = 5
+    failure_rate: float | None = 0.5
+    minimum_calls: int = 10
+    window: float = 30.0
+    slow_call_duration: float | None = None
+    slow_call_rate: float = 1.0
+    open_duration: float = 30.0
+    open_backoff: float = 2.0
+    max_open_duration: float = 300.0
+    open_jitter: float = 0.0
+    half_open_max_calls: int = 1
+    success_threshold: int = 1
+    failure_statuses: frozenset[int] = field(default_factory=_default_failure_statuses)
+    respect_retry_after: bool = True
+    classify: Classifier | None = None
+
+    def __post_init__(self) -> None:
+        cf = self.consecutive_failures
+        _check(
+            cf is None or (_is_int(cf) and cf >= 1),
+            "consecutive_failures",
+            "None or an int >= 1",
+            cf,
+        )
+        fr = self.failure_rate
+        _check(
+            fr is None or (_is_number(fr) and 0 < fr <= 1), "failure_rate", "None or 0 < x <= 1", fr
+        )
+        mc = self.minimum_calls
+        _check(_is_int(mc) and mc >= 1, "minimum_calls", "an int >= 1", mc)
+        _check(_is_number(self.window) and self.window > 0, "window", "a number > 0", self.window)
+        scd = self.slow_call_duration
+        _check(
+            scd is None or (_is_number(scd) and scd > 0),
+            "slow_call_duration",
+            "None or a number > 0",
+            scd,
+        )
+        scr = self.slow_call_rate
+        _check(_is_number(scr) and 0 < scr <= 1, "slow_call_rate", "0 < x <= 1", scr)
+        od = self.open_duration
+        _check(_is_number(od) and od > 0, "open_duration", "a number > 0", od)
+        ob = self.open_backoff
+        _check(_is_number(ob) and ob >= 1, "open_backoff", "a number >= 1", ob)
+        mod = self.max_open_duration
+        _check(
+            _is_number(mod) and mod >= od,
+            "max_open_duration",
+            f"a number >= open_duration ({od!r})",
+            mod,
+        )
+        oj = self.open_jitter
+        _check(_is_number(oj) and 0 <= oj <= 1, "open_jitter", "0 <= x <= 1", oj)
+        hm = self.half_open_max_calls
+        _check(_is_int(hm) and hm >= 1, "half_open_max_calls", "an int >= 1", hm)
+        st = self.success_threshold
+        _check(_is_int(st) and st >= 1, "success_threshold", "an int >= 1", st)
+        statuses: object = self.failure_statuses  # any iterable of ints is accepted
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise ValueError(
+                f"BreakerConfig.failure_statuses must be an iterable of ints, got {statuses!r}"
+            )
+        frozen = frozenset(statuses)
+        for status in frozen:
+            _check(
+                _is_int(status) and 100 <= status <= 999,
+                "failure_statuses",
+                "HTTP statuses (ints 100-999)",
+                status,
+            )
+        object.__setattr__(self, "failure_statuses", frozen)
+        rra = self.respect_retry_after
+        _check(isinstance(rra, bool), "respect_retry_after", "a bool", rra)
+        _check(
+            self.classify is None or callable(self.classify),
+            "classify",
+            "None or a callable",
+            self.classify,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One transition of one breaker, as handed to ``on_state_change``.
+
+    Attributes:
+        name: The breaker's name (its key in a registry).
+        old: The state it left.
+        new: The state it entered.
+        reason: A short machine-readable cause, such as ``"failure_rate"``,
+            ``"consecutive_failures"``, ``"slow_call_rate"``, ``"open_period_ended"``,
+            ``"trial_failed"``, ``"trial_timed_out"``, ``"trials_succeeded"``,
+            ``"force_open"``, ``"disable"`` or ``"reset"``.
+        at: The clock reading at which it happened.
+    """
+
+    name: str
+    old: CircuitState
+    new: CircuitState
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A consistent, immutable view of one breaker at one moment.
+
+    Attributes:
+        name: The breaker's name.
+        state: Its state.
+        calls: Outcomes recorded in the current window.
+        failures: Failed outcomes in the current window.
+        slow_calls: Slow outcomes in the current window.
+        consecutive_failures: Failures in a row, as the consecutive rule counts them.
+        failure_rate: ``failures / calls``, or ``None`` with no calls.
+        slow_call_rate: ``slow_calls / calls``, or ``None`` with no calls.
+        retry_after: Seconds until a trial may pass; ``None`` unless open.
+        open_count: Which open period in a row this is (0 when not opened since it closed).
+        trials_in_flight: Half-open trials holding a slot.
+        at: The clock reading the snapshot was taken at.
+    """
+
+    name: str
+    state: CircuitState
+    calls: int
+    failures: int
+    slow_calls: int
+    consecutive_failures: int
+    failure_rate: float | None
+    slow_call_rate: float | None
+    retry_after: float | None
+    open_count: int = 0
+    trials_in_flight: int = 0
+    at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the snapshot as a JSON-friendly dict (the state as its string value)."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "calls": self.calls,
+            "failures": self.failures,
+            "slow_calls": self.slow_calls,
+            "consecutive_failures": self.consecutive_failures,
+            "failure_rate": self.failure_rate,
+            "slow_call_rate": self.slow_call_rate,
+            "retry_after": self.retry_after,
+            "open_count": self.open_count,
+            "trials_in_flight": self.trials_in_flight,
+            "at": self.at,
+        }
