@@ -7,6 +7,7 @@ transports live in ``circuitbreaker_http.httpx`` and the requests adapter in
 
 from ._breaker import CircuitBreaker
 from ._core import (
+    DEFAULT_FAILURE_STATUSES,
     BreakerConfig,
     BreakerSnapshot,
     CallInfo,
@@ -15,17 +16,29 @@ from ._core import (
     Verdict,
 )
 from ._errors import CircuitOpenError
+from ._fallback import FallbackResponse, LastKnownGood
+from ._keys import by_host, by_route
+from ._options import RequestOptions, options
+from ._registry import BreakerRegistry
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_FAILURE_STATUSES",
     "BreakerConfig",
+    "BreakerRegistry",
     "BreakerSnapshot",
     "CallInfo",
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitState",
+    "FallbackResponse",
+    "LastKnownGood",
+    "RequestOptions",
     "StateChange",
     "Verdict",
     "__version__",
+    "by_host",
+    "by_route",
+    "options",
 ]

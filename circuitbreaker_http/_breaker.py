@@ -72,6 +72,7 @@ class CircuitBreaker:
         "_classify",
         "_clock",
         "_core",
+        "_deferred",
         "_dispatching",
         "_listener",
         "_lock",
@@ -108,6 +109,8 @@ class CircuitBreaker:
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
         self._queue: deque[StateChange] = deque()
+        # Outcomes settled from a finaliser, which must never take the lock.
+        self._deferred: deque[tuple[int, bool]] = deque()
         self._dispatching = False
         self._classify = config.classify
         self._slow_after = config.slow_call_duration
@@ -124,7 +127,10 @@ class CircuitBreaker:
         """The current state (an open breaker whose period has ended turns half-open here)."""
         core = self._core
         with self._lock:
-            core.poll(self._clock())
+            now = self._clock()
+            if self._deferred:
+                self._apply_deferred(now)
+            core.poll(now)
             state = core.state
             drain = self._enqueue() if core.changes else False
         if drain:
@@ -135,7 +141,10 @@ class CircuitBreaker:
         """Return a consistent view of the breaker: state, window counts, time to retry."""
         core = self._core
         with self._lock:
-            snap = core.snapshot(self._clock())
+            now = self._clock()
+            if self._deferred:
+                self._apply_deferred(now)
+            snap = core.snapshot(now)
             drain = self._enqueue() if core.changes else False
         if drain:
             self._drain()
@@ -212,6 +221,8 @@ class CircuitBreaker:
         core = self._core
         with self._lock:
             now = self._clock()
+            if self._deferred:
+                self._apply_deferred(now)
             core.record(
                 permit, now, failed, slow, None if retry_after is None else now + retry_after
             )
@@ -220,6 +231,34 @@ class CircuitBreaker:
             drain = self._enqueue()
         if drain:
             self._drain()
+
+    def record_later(self, permit: int, duration: float | None = None) -> None:
+        """Settle ``permit`` as a success without taking the lock (safe in ``__del__``).
+
+        The outcome is applied at the breaker's next recorded outcome or look.
+        The HTTP integrations use it for a response that is garbage-collected
+        before it was closed.
+        """
+        if not permit:
+            return
+        slow_after = self._slow_after
+        slow = slow_after is not None and duration is not None and duration > slow_after
+        self._deferred.append((permit, slow))
+
+    def _apply_deferred(self, now: float) -> None:
+        core = self._core
+        deferred = self._deferred
+        while deferred:
+            permit, slow = deferred.popleft()
+            core.record(permit, now, False, slow)
+
+    def permit_state(self, permit: int) -> CircuitState:
+        """The state ``permit`` was let through in: closed, half-open (a trial) or disabled."""
+        if not permit:
+            return CircuitState.DISABLED
+        if permit in self._core.trials:
+            return CircuitState.HALF_OPEN
+        return CircuitState.CLOSED
 
     def release(self, permit: int) -> None:
         """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream)."""

@@ -210,6 +210,10 @@ class BreakerCore:
             self._transition("open_period_ended", now)
         else:
             self._expire_trials(now)
+            if self.state is CLOSED:
+                # An expired trial that had its headers counted as the last
+                # success needed: the call passes as a closed-state call.
+                return self.cycle
             if self.state is not HALF_OPEN:
                 return None
         if self.slots_used >= self.config.half_open_max_calls:

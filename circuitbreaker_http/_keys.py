@@ -1,0 +1,238 @@
+"""Breaker keys: which breaker a request goes through.
+
+A key names what a breaker protects. ``by_host`` (the default) keys by origin,
+``by_route(...)`` by origin plus a path template, and any callable
+``(method, url) -> str | None`` may stand in for either (``None``: bypass).
+
+The integrations already hold a parsed URL, so the built-in keys also take
+the parts (:meth:`HostKey.from_parts`): keying a request never reparses its
+URL, and origins are cached in a small bounded dict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "HostKey",
+    "KeyFunc",
+    "RouteKey",
+    "by_host",
+    "by_route",
+    "origin",
+    "split_key",
+]
+
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+KeyFunc = Callable[[str, str], "str | None"]
+"""``(method, url) -> key``; ``None`` means the request bypasses the breakers."""
+
+_ORIGIN_CACHE_MAX = 4096
+
+
+class PartsKey(Protocol):
+    """A key function that can also work from an already parsed URL."""
+
+    def __call__(self, method: str, url: str) -> str | None: ...
+
+    def from_parts(
+        self, method: str, scheme: str, host: str, port: int | None, path: str
+    ) -> str | None: ...
+
+
+def _encode_host(host: str) -> str:
+    """Return ``host`` as clients send it: lower case, IDNA (UTS-46) for non-ASCII labels."""
+    if host.isascii():
+        return host.lower()
+    try:
+        import idna  # installed with httpx and requests; the stdlib codec is IDNA 2003
+
+        return idna.encode(host, uts46=True).decode("ascii")
+    except ImportError:  # pragma: no cover - only without either client installed
+        return host.encode("idna").decode("ascii").lower()
+    except Exception:
+        # An odd host never fails a request: key it as it came.
+        return host.lower()
+
+
+def origin(scheme: str, host: str, port: int | None) -> str:
+    """Return the origin key ``scheme://host[:port]``.
+
+    ``host`` must already be encoded as sent (ASCII); it is lower-cased, put in
+    brackets when it is an IPv6 address, and the port is dropped when it is the
+    scheme's default.
+    """
+    scheme = scheme.lower()
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if port is None or DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _parse(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, _encode_host(host), port, parts.path
+
+
+class HostKey:
+    """Key a request by its origin: ``scheme://host[:port]`` (the default key).
+
+    Example keys: ``https://api.example.com``, ``http://127.0.0.1:8080``,
+    ``http://[::1]:8080``.
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str, int | None], str] = {}
+
+    def __repr__(self) -> str:
+        return "by_host"
+
+    def __call__(self, method: str, url: str) -> str | None:
+        """Return the origin key of ``url``."""
+        scheme, host, port, _ = _parse(url)
+        return self.from_parts(method, scheme, host, port, "")
+
+    def from_parts(
+        self, method: str, scheme: str, host: str, port: int | None, path: str
+    ) -> str | None:
+        """Return the origin key from URL parts (``host`` already encoded as sent)."""
+        cache = self._cache
+        parts = (scheme, host, port)
+        key = cache.get(parts)
+        if key is None:
+            key = origin(scheme, host, port)
+            if len(cache) >= _ORIGIN_CACHE_MAX:
+                cache.clear()  # rotating hosts must not grow memory
+            cache[parts] = key
+        return key
+
+
+by_host = HostKey()
+"""Key each request by its origin, ``scheme://host[:port]``."""
+
+_PARAM = re.compile(r"^\{[^/{}]+\}$")
+
+
+class RouteKey:
+    """Key a request by its origin and the most specific matching path template.
+
+    Built by :func:`by_route`. A path matching no template falls back to the
+    origin key, so raw paths never become keys.
+    """
+
+    __slots__ = ("_by_length", "_host", "templates")
+
+    def __init__(self, templates: tuple[str, ...]) -> None:
+        if not templates:
+            raise ValueError("by_route needs at least one path template")
+        self.templates = templates
+        self._host = HostKey()
+        # segment count -> [(specificity, order, segments-or-None, template)]
+        by_length: dict[int, list[tuple[int, int, tuple[str | None, ...], str]]] = {}
+        for order, template in enumerate(templates):
+            if not isinstance(template, str) or not template.startswith("/"):
+                raise ValueError(f"by_route: a template must start with '/', got {template!r}")
+            segments = _segments(template)
+            pattern = tuple(None if _PARAM.match(s) else s for s in segments)
+            literal = sum(s is not None for s in pattern)
+            by_length.setdefault(len(pattern), []).append((literal, order, pattern, template))
+        for entries in by_length.values():
+            # Most literal segments first, then the order listed.
+            entries.sort(key=lambda e: (-e[0], e[1]))
+        self._by_length = by_length
+
+    def __repr__(self) -> str:
+        return f"by_route{self.templates!r}"
+
+    def match(self, path: str) -> str | None:
+        """Return the most specific template matching ``path``, or ``None``."""
+        segments = _segments(path)
+        for _, _, pattern, template in self._by_length.get(len(segments), ()):
+            for want, got in zip(pattern, segments, strict=True):
+                if want is None:
+                    if not got:
+                        break
+                elif want != got:
+                    break
+            else:
+                return template
+        return None
+
+    def __call__(self, method: str, url: str) -> str | None:
+        """Return the route key of ``url``."""
+        scheme, host, port, path = _parse(url)
+        return self.from_parts(method, scheme, host, port, path)
+
+    def from_parts(
+        self, method: str, scheme: str, host: str, port: int | None, path: str
+    ) -> str | None:
+        """Return the route key from URL parts (``host`` already encoded as sent)."""
+        base = self._host.from_parts(method, scheme, host, port, path)
+        template = self.match(path)
+        if template is None or base is None:
+            return base
+        return base + template
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    path = path.strip("/")
+    return tuple(path.split("/")) if path else ()
+
+
+def by_route(*templates: str) -> RouteKey:
+    """Key requests by origin plus the most specific matching path template.
+
+    ``{name}`` matches one path segment; the template with the most literal
+    segments wins, then the first listed; a path matching none falls back to
+    the origin key. A trailing slash is ignored.
+
+    Example:
+        ``by_route("/users/{id}", "/users/me", "/orders/{id}/items")`` keys
+        ``GET http://127.0.0.1:8080/users/42`` as
+        ``http://127.0.0.1:8080/users/{id}``.
+    """
+    return RouteKey(templates)
+
+
+def split_key(key: str) -> tuple[str, str, int | None, str] | None:
+    """Split a URL-shaped key into ``(scheme, host, effective port, path)``, else ``None``."""
+    scheme, sep, rest = key.partition("://")
+    if not sep or not scheme:
+        return None
+    slash = rest.find("/")
+    hostport, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    port: int | None = None
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            return None
+        host, tail = hostport[: end + 1], hostport[end + 1 :]
+        if tail.startswith(":") and tail[1:].isdigit():
+            port = int(tail[1:])
+        elif tail:
+            return None
+    else:
+        host, colon, port_text = hostport.partition(":")
+        if colon:
+            if not port_text.isdigit():
+                return None
+            port = int(port_text)
+    if not host:
+        return None
+    if port is None:
+        port = DEFAULT_PORTS.get(scheme.lower())
+    return scheme.lower(), host.lower(), port, path

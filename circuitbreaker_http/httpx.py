@@ -1,0 +1,707 @@
+"""httpx integration: ``CircuitBreakerTransport`` and ``AsyncCircuitBreakerTransport``.
+
+Wrap any httpx transport::
+
+    client = httpx.Client(transport=CircuitBreakerTransport())
+    client = httpx.AsyncClient(transport=AsyncCircuitBreakerTransport())
+
+Each request goes through the breaker of its key (its origin by default) and
+records exactly one outcome, where it really happens: a failure status at once;
+a success status when the body ends or the response is closed, read or not
+(or, for a response never closed, when it is garbage-collected), so an error
+while the body is read counts as a failure. The slow-call clock counts the
+upstream's time only: until the headers, plus inside each body read.
+
+httpx ignores a Client's own ``verify``, ``cert``, ``proxy``, ``limits``,
+``http2`` and environment proxies once ``transport=`` is given: pass them to
+the transport instead (``CircuitBreakerTransport(verify=..., proxy=...)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised by the bare-import test
+    raise ImportError(
+        'circuitbreaker_http.httpx needs httpx: pip install "circuitbreaker-http[httpx]"'
+    ) from exc
+
+from . import _clock
+from ._breaker import CircuitBreaker
+from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
+from ._errors import CircuitOpenError
+from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
+from ._keys import HostKey, KeyFunc
+from ._options import EXTENSION, current_options, request_options
+from ._policy import fallback_headers, parse_retry_after
+from ._registry import BreakerRegistry
+
+__all__ = [
+    "AsyncCircuitBreakerTransport",
+    "CircuitBreakerTransport",
+    "CircuitOpenTransportError",
+    "Fallback",
+]
+
+Fallback = Any
+"""``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a callable
+``(httpx.Request, CircuitOpenError) -> httpx.Response`` (a coroutine function
+for the async transport)."""
+
+_FAILURE_ERRORS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+)
+_HALF_OPEN = CircuitState.HALF_OPEN
+
+
+class CircuitOpenTransportError(CircuitOpenError, httpx.TransportError):
+    """A short-circuited httpx request: both a ``CircuitOpenError`` and an ``httpx.TransportError``.
+
+    ``.request`` is set, as on httpx's own errors. To keep a retry helper from
+    retrying into an open circuit, exclude ``CircuitOpenError`` from what it
+    retries on.
+    """
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Whether an exception says the upstream failed (else it records nothing)."""
+    return isinstance(exc, _FAILURE_ERRORS) and not isinstance(exc, httpx.PoolTimeout)
+
+
+def _check_fallback(fallback: object, allow_async: bool) -> Fallback:
+    if fallback is None or isinstance(fallback, (FallbackResponse, LastKnownGood)):
+        return fallback
+    if not callable(fallback):
+        raise TypeError(
+            "fallback must be None, a FallbackResponse, a LastKnownGood or a callable, "
+            f"got {fallback!r}"
+        )
+    if not allow_async and inspect.iscoroutinefunction(fallback):
+        raise TypeError("a coroutine-function fallback needs AsyncCircuitBreakerTransport")
+    return fallback
+
+
+def _build_registry(
+    registry: BreakerRegistry | None,
+    config: BreakerConfig | None,
+    rules: Mapping[str, BreakerConfig] | None,
+    key: KeyFunc | None,
+) -> BreakerRegistry:
+    if registry is not None:
+        if config is not None or rules is not None or key is not None:
+            raise TypeError("pass either registry, or config/rules/key to build one, not both")
+        if not isinstance(registry, BreakerRegistry):
+            raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
+        return registry
+    if key is None:
+        return BreakerRegistry(config, rules=rules)
+    return BreakerRegistry(config, rules=rules, key=key)
+
+
+class _Gate:
+    """Everything both transports share: keys, outcomes, fallbacks. No I/O."""
+
+    __slots__ = (
+        "_by_host",
+        "_from_parts",
+        "_key_cache",
+        "fallback",
+        "key",
+        "lkg",
+        "registry",
+        "wall_clock",
+    )
+
+    def __init__(
+        self,
+        registry: BreakerRegistry,
+        fallback: Fallback,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.registry = registry
+        self.fallback = fallback
+        self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
+        self.wall_clock = wall_clock
+        self.key = registry.key
+        self._from_parts = getattr(registry.key, "from_parts", None)
+        self._by_host = isinstance(registry.key, HostKey)
+        self._key_cache: dict[tuple[str, bytes, int | None], str | None] = {}
+
+    def route(self, request: httpx.Request) -> tuple[str, CircuitBreaker] | None:
+        """Return the key and breaker for ``request``, or ``None`` to bypass."""
+        extension = request.extensions.get(EXTENSION)
+        opts = current_options() if extension is None else request_options(extension)
+        key: str | None = None
+        if opts is not None:
+            if opts.bypass:
+                return None
+            key = opts.key
+        if key is None:
+            key = self._key_of(request)
+            if key is None:
+                return None
+        return key, self.registry.get(key)
+
+    def _key_of(self, request: httpx.Request) -> str | None:
+        url = request.url
+        from_parts = self._from_parts
+        if from_parts is None:
+            return self.key(request.method, str(url))
+        if self._by_host:
+            # Origins are few: cache them on the parsed parts, never on the path.
+            parts = (url.scheme, url.raw_host, url.port)
+            try:
+                return self._key_cache[parts]
+            except KeyError:
+                pass
+            host = url.raw_host.decode("ascii")
+            key: str | None = from_parts(request.method, url.scheme, host, url.port, "")
+            cache = self._key_cache
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[parts] = key
+            return key
+        raw_path = url.raw_path.decode("ascii", "replace").partition("?")[0]
+        return from_parts(  # type: ignore[no-any-return]
+            request.method, url.scheme, url.raw_host.decode("ascii"), url.port, raw_path
+        )
+
+    # -- outcomes --------------------------------------------------------------
+
+    def verdict(
+        self,
+        breaker: CircuitBreaker,
+        request: httpx.Request,
+        status: int | None,
+        headers: httpx.Headers | None,
+        error: BaseException | None,
+        duration: float,
+    ) -> Verdict | None:
+        """Ask the breaker's ``classify``, if it has one."""
+        if breaker._classify is None:
+            return None
+        info = CallInfo(
+            breaker.name, request.method, str(request.url), status, headers, error, duration
+        )
+        return breaker.classify(info)
+
+    def on_error(
+        self,
+        breaker: CircuitBreaker,
+        permit: int,
+        request: httpx.Request,
+        exc: Exception,
+        duration: float,
+        status: int | None = None,
+        headers: httpx.Headers | None = None,
+    ) -> None:
+        """Settle a request that raised (before the headers, or while reading the body)."""
+        if not permit or isinstance(exc, CircuitOpenError):
+            breaker.release(permit)
+            return
+        verdict = self.verdict(breaker, request, status, headers, exc, duration)
+        if verdict is None:
+            failed = _is_failure(exc)
+            if not failed:
+                breaker.release(permit)
+                return
+        elif verdict is Verdict.IGNORE:
+            breaker.release(permit)
+            return
+        else:
+            failed = verdict is Verdict.FAILURE
+        breaker.record(permit, failed, duration)
+
+    def on_response(
+        self,
+        breaker: CircuitBreaker,
+        permit: int,
+        key: str,
+        request: httpx.Request,
+        response: httpx.Response,
+        duration: float,
+        clock: Callable[[], float],
+        asynchronous: bool,
+    ) -> httpx.Response:
+        """Settle or watch a response whose headers have arrived."""
+        state = breaker.permit_state(permit)
+        response.extensions[EXTENSION] = {"key": key, "state": state.value}
+        if not permit:
+            return response
+        status = response.status_code
+        verdict = self.verdict(breaker, request, status, response.headers, None, duration)
+        if verdict is None:
+            failed = status in breaker.config.failure_statuses
+        elif verdict is Verdict.IGNORE:
+            breaker.release(permit)
+            return response
+        else:
+            failed = verdict is Verdict.FAILURE
+        if failed:
+            retry_after = None
+            if breaker.config.respect_retry_after:
+                headers = response.headers
+                value = headers.get("retry-after")
+                if value is not None:
+                    retry_after = parse_retry_after(value, headers.get("date"), self.wall_clock)
+            breaker.record(permit, True, duration, retry_after)
+            return response
+        lkg = self.lkg
+        tee = lkg is not None and self._storable(lkg, request, response)
+        stream = response.stream
+        if isinstance(stream, httpx.ByteStream):
+            # Already read (MockTransport, Response(content=...)): settle now.
+            breaker.record(permit, False, duration)
+            if tee and lkg is not None:
+                self.store(lkg, request, response, response.content)
+            return response
+        if state is _HALF_OPEN:
+            # A long body must not hold the breaker half-open.
+            breaker.trial_slot_free(permit)
+        pending = _Pending(self, breaker, permit, request, response, duration, clock, tee)
+        if asynchronous:
+            response.stream = _AsyncBody(stream, pending)  # type: ignore[arg-type]
+        else:
+            response.stream = _SyncBody(stream, pending)  # type: ignore[arg-type]
+        return response
+
+    # -- last known good -------------------------------------------------------
+
+    @staticmethod
+    def _storable(lkg: LastKnownGood, request: httpx.Request, response: httpx.Response) -> bool:
+        return (
+            request.method == "GET"
+            and lkg.request_eligible(request.method, request.headers.get)
+            and lkg.response_storable(response.status_code, response.headers.get)
+        )
+
+    @staticmethod
+    def store(
+        lkg: LastKnownGood, request: httpx.Request, response: httpx.Response, content: bytes
+    ) -> None:
+        # The stored body is the decoded-on-the-wire bytes; drop framing headers
+        # that would no longer describe it.
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-length", "transfer-encoding", "connection")
+        ]
+        lkg.store(
+            str(request.url),
+            response.status_code,
+            response.reason_phrase,
+            headers,
+            content,
+            request.headers.get,
+        )
+
+    def _from_lkg(self, lkg: LastKnownGood, request: httpx.Request) -> httpx.Response | None:
+        if not lkg.request_eligible(request.method, request.headers.get):
+            return None
+        entry: StoredResponse | None = lkg.lookup(str(request.url), request.headers.get)
+        if entry is None:
+            return None
+        headers = [*entry.headers, *stale_headers(lkg.age(entry))]
+        content = b"" if request.method == "HEAD" else entry.content
+        response = httpx.Response(
+            entry.status_code, headers=headers, content=content, request=request
+        )
+        response.extensions["reason_phrase"] = entry.reason.encode("ascii", "replace")
+        response.extensions[EXTENSION] = {"stale": True}
+        return response
+
+    # -- short circuits --------------------------------------------------------
+
+    def open_error(
+        self, request: httpx.Request, exc: CircuitOpenError
+    ) -> CircuitOpenTransportError:
+        return CircuitOpenTransportError(
+            exc.name, exc.state, exc.retry_after, str(exc.args[0]), request=request
+        )
+
+    def resolve_fallback(
+        self, request: httpx.Request, error: CircuitOpenTransportError
+    ) -> httpx.Response | Callable[..., Any]:
+        """Return a ready fallback response, or the callable to ask; raise ``error`` if none."""
+        fallback = self.fallback
+        if isinstance(fallback, LastKnownGood):
+            response = self._from_lkg(fallback, request)
+            if response is not None:
+                return response
+            fallback = fallback.otherwise
+        if fallback is None:
+            raise error
+        if isinstance(fallback, FallbackResponse):
+            return httpx.Response(
+                fallback.status_code,
+                headers=list(fallback.header_list),
+                content=fallback.body,
+                request=request,
+            )
+        return fallback  # type: ignore[no-any-return]
+
+    @staticmethod
+    def finish_fallback(
+        response: object, request: httpx.Request, key: str, error: CircuitOpenError
+    ) -> httpx.Response:
+        if not isinstance(response, httpx.Response):
+            raise TypeError(f"a fallback must return an httpx.Response, got {response!r}")
+        headers = response.headers
+        for name, value in fallback_headers(headers.keys(), error.retry_after):
+            headers[name] = value
+        marks = response.extensions.get(EXTENSION)
+        extension = {"key": key, "state": error.state.value, "fallback": True}
+        if isinstance(marks, Mapping):
+            extension.update(marks)
+        response.extensions[EXTENSION] = extension
+        return response
+
+
+class _Pending:
+    """One response whose success status arrived and whose body is still to come."""
+
+    __slots__ = (
+        "breaker",
+        "chunks",
+        "clock",
+        "gate",
+        "permits",
+        "request",
+        "response",
+        "size",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        gate: _Gate,
+        breaker: CircuitBreaker,
+        permit: int,
+        request: httpx.Request,
+        response: httpx.Response,
+        duration: float,
+        clock: Callable[[], float],
+        tee: bool,
+    ) -> None:
+        self.gate = gate
+        self.breaker = breaker
+        # A one-item list: ``pop()`` is atomic, so the outcome settles exactly once.
+        self.permits = [permit]
+        self.request = request
+        self.response = response
+        self.upstream = duration
+        self.clock = clock
+        self.chunks: list[bytes] | None = [] if tee else None
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        chunks = self.chunks
+        if chunks is None:
+            return
+        self.size += len(chunk)
+        lkg = self.gate.lkg
+        if lkg is None or self.size > lkg.max_entry_bytes:
+            self.chunks = None
+        else:
+            chunks.append(chunk)
+
+    def finish(self, complete: bool) -> None:
+        try:
+            permit = self.permits.pop()
+        except IndexError:
+            return
+        self.breaker.record(permit, False, self.upstream)
+        lkg = self.gate.lkg
+        if complete and self.chunks is not None and lkg is not None:
+            self.gate.store(lkg, self.request, self.response, b"".join(self.chunks))
+        self.chunks = None
+
+    def error(self, exc: Exception) -> None:
+        try:
+            permit = self.permits.pop()
+        except IndexError:
+            return
+        self.chunks = None
+        self.gate.on_error(
+            self.breaker,
+            permit,
+            self.request,
+            exc,
+            self.upstream,
+            self.response.status_code,
+            self.response.headers,
+        )
+
+    def cancel(self) -> None:
+        try:
+            permit = self.permits.pop()
+        except IndexError:
+            return
+        self.chunks = None
+        self.breaker.release(permit)
+
+    def dropped(self) -> None:
+        try:
+            permit = self.permits.pop()
+        except IndexError:
+            return
+        self.breaker.record_later(permit, self.upstream)
+
+
+S = TypeVar("S")
+
+
+class _Body(Generic[S]):
+    __slots__ = ("_iter", "_pending", "_stream")
+
+    def __init__(self, stream: S, pending: _Pending) -> None:
+        self._stream = stream
+        self._pending = pending
+
+    def __del__(self) -> None:
+        # Never closed: the response was dropped. Settle without a lock.
+        pending = getattr(self, "_pending", None)
+        if pending is not None:
+            pending.dropped()
+
+
+class _SyncBody(_Body[httpx.SyncByteStream], httpx.SyncByteStream):
+    """Watches a response body: upstream time per read, errors, end and close."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._iter = iter(self._stream)
+        return self
+
+    def __next__(self) -> bytes:
+        pending = self._pending
+        clock = pending.clock
+        began = clock()
+        try:
+            chunk: bytes = next(self._iter)
+        except StopIteration:
+            pending.upstream += clock() - began
+            pending.finish(complete=True)
+            raise
+        except Exception as exc:
+            pending.upstream += clock() - began
+            pending.error(exc)
+            raise
+        except BaseException:
+            pending.cancel()
+            raise
+        pending.upstream += clock() - began
+        if pending.chunks is not None:
+            pending.add(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._pending.finish(complete=False)
+
+
+class _AsyncBody(_Body[httpx.AsyncByteStream], httpx.AsyncByteStream):
+    """The async twin of :class:`_SyncBody`; cancellation records nothing."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._iter = self._stream.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        pending = self._pending
+        clock = pending.clock
+        began = clock()
+        try:
+            chunk: bytes = await self._iter.__anext__()
+        except StopAsyncIteration:
+            pending.upstream += clock() - began
+            pending.finish(complete=True)
+            raise
+        except Exception as exc:
+            pending.upstream += clock() - began
+            pending.error(exc)
+            raise
+        except BaseException:
+            pending.cancel()
+            raise
+        pending.upstream += clock() - began
+        if pending.chunks is not None:
+            pending.add(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._pending.finish(complete=False)
+
+
+class CircuitBreakerTransport(httpx.BaseTransport):
+    """An ``httpx.BaseTransport`` that puts a circuit breaker in front of another one.
+
+    Args:
+        transport: The inner transport (default: ``httpx.HTTPTransport(**kwargs)``).
+        config: The default :class:`BreakerConfig` of a registry built here.
+        rules: Per-host configurations by pattern (see :class:`BreakerRegistry`).
+        registry: A :class:`BreakerRegistry` to share with other transports
+            and adapters; excludes ``config``, ``rules`` and ``key``.
+        key: :data:`by_host` (default), :func:`by_route`, or a callable.
+        fallback: What an open circuit answers: ``None`` (raise
+            :class:`CircuitOpenTransportError`), a :class:`FallbackResponse`,
+            a :class:`LastKnownGood`, or ``(request, error) -> httpx.Response``.
+        wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
+            without a ``Date`` header (default ``time.time``).
+        **kwargs: Passed to ``httpx.HTTPTransport`` (``verify``, ``cert``,
+            ``http2``, ``limits``, ``proxy``, ``retries``, ...).
+
+    Raises:
+        TypeError: both ``transport`` and ``kwargs``, or both ``registry`` and
+            ``config``/``rules``/``key``, or a bad ``fallback``.
+
+    Closing the transport closes the inner one.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        config: BreakerConfig | None = None,
+        rules: Mapping[str, BreakerConfig] | None = None,
+        registry: BreakerRegistry | None = None,
+        key: KeyFunc | None = None,
+        fallback: Fallback = None,
+        wall_clock: Callable[[], float] = _clock.wall_clock,
+        **kwargs: Any,
+    ) -> None:
+        if transport is None:
+            transport = httpx.HTTPTransport(**kwargs)
+        elif kwargs:
+            raise TypeError(
+                f"HTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
+            )
+        self.transport = transport
+        self.registry = _build_registry(registry, config, rules, key)
+        self._gate = _Gate(self.registry, _check_fallback(fallback, False), wall_clock)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through its breaker (httpx calls this)."""
+        gate = self._gate
+        routed = gate.route(request)
+        if routed is None:
+            return self.transport.handle_request(request)
+        key, breaker = routed
+        try:
+            permit = breaker.acquire()
+        except CircuitOpenError as exc:
+            return self._short_circuit(request, key, exc)
+        clock = breaker._clock
+        start = clock()
+        try:
+            response = self.transport.handle_request(request)
+        except Exception as exc:
+            gate.on_error(breaker, permit, request, exc, clock() - start)
+            raise
+        except BaseException:
+            breaker.release(permit)
+            raise
+        return gate.on_response(
+            breaker, permit, key, request, response, clock() - start, clock, False
+        )
+
+    def _short_circuit(
+        self, request: httpx.Request, key: str, exc: CircuitOpenError
+    ) -> httpx.Response:
+        gate = self._gate
+        error = gate.open_error(request, exc)
+        resolved = gate.resolve_fallback(request, error)
+        if not isinstance(resolved, httpx.Response):
+            resolved = resolved(request, error)
+        return gate.finish_fallback(resolved, request, key, error)
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.transport.close()
+
+
+class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncBaseTransport`` that puts a circuit breaker in front of another one.
+
+    The same as :class:`CircuitBreakerTransport`, for ``httpx.AsyncClient``
+    under asyncio or trio; the inner transport defaults to
+    ``httpx.AsyncHTTPTransport(**kwargs)`` and a callable ``fallback`` may be
+    a coroutine function. Cancelling a request records nothing.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        config: BreakerConfig | None = None,
+        rules: Mapping[str, BreakerConfig] | None = None,
+        registry: BreakerRegistry | None = None,
+        key: KeyFunc | None = None,
+        fallback: Fallback = None,
+        wall_clock: Callable[[], float] = _clock.wall_clock,
+        **kwargs: Any,
+    ) -> None:
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(**kwargs)
+        elif kwargs:
+            raise TypeError(
+                f"AsyncHTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
+            )
+        self.transport = transport
+        self.registry = _build_registry(registry, config, rules, key)
+        self._gate = _Gate(self.registry, _check_fallback(fallback, True), wall_clock)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through its breaker (httpx calls this)."""
+        gate = self._gate
+        routed = gate.route(request)
+        if routed is None:
+            return await self.transport.handle_async_request(request)
+        key, breaker = routed
+        try:
+            permit = breaker.acquire()
+        except CircuitOpenError as exc:
+            return await self._short_circuit(request, key, exc)
+        clock = breaker._clock
+        start = clock()
+        try:
+            response = await self.transport.handle_async_request(request)
+        except Exception as exc:
+            gate.on_error(breaker, permit, request, exc, clock() - start)
+            raise
+        except BaseException:
+            breaker.release(permit)
+            raise
+        return gate.on_response(
+            breaker, permit, key, request, response, clock() - start, clock, True
+        )
+
+    async def _short_circuit(
+        self, request: httpx.Request, key: str, exc: CircuitOpenError
+    ) -> httpx.Response:
+        gate = self._gate
+        error = gate.open_error(request, exc)
+        resolved = gate.resolve_fallback(request, error)
+        if not isinstance(resolved, httpx.Response):
+            result = resolved(request, error)
+            resolved = await result if inspect.isawaitable(result) else result
+        return gate.finish_fallback(resolved, request, key, error)
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self.transport.aclose()
