@@ -37,6 +37,8 @@ from ._errors import CircuitOpenError
 __all__ = ["CircuitBreaker", "StateListener", "logger"]
 
 logger = logging.getLogger("circuitbreaker_http")
+# A library configures no output of its own; applications attach handlers.
+logger.addHandler(logging.NullHandler())
 
 P = ParamSpec("P")
 R = TypeVar("R")

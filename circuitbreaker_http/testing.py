@@ -3,13 +3,19 @@
 ``ManualClock`` stands in for ``time.monotonic``: pass it as ``clock=`` to a
 ``CircuitBreaker`` or ``BreakerRegistry`` and move time by hand, so tests of
 open periods and windows run in microseconds and never sleep.
+
+``FlakyServer`` is a real HTTP/1.1 server on loopback, standard library only,
+that fails, stalls, resets and cuts bodies short on demand: point your own
+client code at it to see what your breakers do.
 """
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["ManualClock"]
+from ._flaky import FlakyServer
+
+__all__ = ["FlakyServer", "ManualClock"]
 
 
 class ManualClock:
