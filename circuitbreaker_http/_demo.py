@@ -43,35 +43,38 @@ DEMO_CONFIG = BreakerConfig(
 """Short windows and open periods, so a 30-second run shows every state."""
 
 
+Mode = tuple[str, dict[str, object]]
+
+
 @dataclass
 class _Phase:
     start: float  # fraction of the run
     label: str
-    apply: Callable[[FlakyServer, FlakyServer], None]
+    payments: Mode | None = None
+    catalog: Mode | None = None
+
+    def apply(self, payments: FlakyServer, catalog: FlakyServer) -> None:
+        for server, mode in ((payments, self.payments), (catalog, self.catalog)):
+            if mode is not None:
+                server.set_mode(mode[0], **mode[1])
 
 
 def _phases() -> list[_Phase]:
+    healthy: Mode = ("healthy", {})
     return [
-        _Phase(
-            0.0,
-            "both upstreams healthy",
-            lambda p, c: (p.set_mode("healthy"), c.set_mode("healthy")),
-        ),
+        _Phase(0.0, "both upstreams healthy", healthy, healthy),
         _Phase(
             0.2,
             "payments fails with 503 and Retry-After: 1",
-            lambda p, c: p.set_mode("failing", status=503, retry_after=1),
+            payments=("failing", {"status": 503, "retry_after": 1}),
         ),
         _Phase(
             0.45,
             "payments drops connections; catalog turns slow (0.3 s)",
-            lambda p, c: (p.set_mode("reset"), c.set_mode("slow", delay=0.3)),
+            payments=("reset", {}),
+            catalog=("slow", {"delay": 0.3}),
         ),
-        _Phase(
-            0.7,
-            "both upstreams recover",
-            lambda p, c: (p.set_mode("healthy"), c.set_mode("healthy")),
-        ),
+        _Phase(0.7, "both upstreams recover", healthy, healthy),
     ]
 
 
