@@ -9,11 +9,15 @@ from ._core import CircuitState
 __all__ = ["CircuitOpenError", "open_message"]
 
 
+_HALF_OPEN = CircuitState.HALF_OPEN
+_FORCED_OPEN = CircuitState.FORCED_OPEN
+
+
 def open_message(name: str, state: CircuitState, retry_after: float | None) -> str:
     """Return the human-readable message of a short-circuited call."""
-    if state is CircuitState.HALF_OPEN:
+    if state is _HALF_OPEN:
         return f"circuit {name!r} is half-open and all its trial slots are taken"
-    if state is CircuitState.FORCED_OPEN:
+    if state is _FORCED_OPEN:
         return f"circuit {name!r} is forced open"
     if retry_after is None:
         return f"circuit {name!r} is open"
@@ -33,11 +37,13 @@ class CircuitOpenError(Exception):
         state: The state that refused the call (``OPEN``, ``HALF_OPEN`` when all
             trial slots are taken, or ``FORCED_OPEN``).
         retry_after: Seconds until a trial may pass, or ``None`` when unknown.
+        args: A single message string, as for any exception.
     """
 
     name: str
     state: CircuitState
     retry_after: float | None
+    _message: str | None = None
 
     def __init__(
         self,
@@ -47,16 +53,41 @@ class CircuitOpenError(Exception):
         message: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if message is None:
-            message = open_message(name, state, retry_after)
-        # kwargs reach a client exception mixed in after this class (``request=``).
-        super().__init__(message, **kwargs)
+        # Rejections are a hot path: the message is formatted only when read.
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        if message is not None:
+            self._message = message
+        if kwargs:
+            # A client exception mixed in after this class takes ``request=``.
+            super().__init__(self.message, **kwargs)
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        message = self._message
+        if message is None:
+            message = self._message = open_message(self.name, self.state, self.retry_after)
+        return message
+
+    @property
+    def args(self) -> tuple[str]:
+        """``(message,)``."""
+        return (self.message,)
+
+    @args.setter
+    def args(self, value: tuple[Any, ...]) -> None:
+        self._message = str(value[0]) if value else ""
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.name, self.state, self.retry_after, str(self.args[0])))
+        return (_rebuild, (type(self), self.name, self.state, self.retry_after, self.message))
 
 
 def _rebuild(

@@ -7,11 +7,11 @@ break half-way. It needs nothing beyond the standard library.
 
 Each connection is served by its own daemon thread with a small HTTP/1.1
 implementation (keep-alive, ``Connection: close``, chunked and
-``Content-Length`` request bodies, ``Expect: 100-continue``). The listening
-socket is a :class:`socketserver.TCPServer`; the server spawns and tracks the
-connection threads itself so :meth:`FlakyServer.close` can wake them (every
-wait is on one ``threading.Event``, every client socket is shut down) and join
-them with a deadline.
+``Content-Length`` request bodies, ``Expect: 100-continue``). One accept
+thread waits on the listening socket and a wake-up socket pair, so
+:meth:`FlakyServer.close` stops it at once; the server tracks its connection
+threads and sockets, wakes them (every wait is on one ``threading.Event``,
+every client socket is shut down) and joins them with a deadline.
 
 Behaviour is chosen per request by path and query string, so tests sharing a
 server never share state; requests under ``/api/`` instead follow a global
@@ -86,16 +86,16 @@ import json
 import logging
 import math
 import random
+import selectors
 import socket
-import socketserver
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["MODES", "FlakyServer"]
@@ -113,7 +113,6 @@ _MAX_BODY: Final = 64 * 1024 * 1024
 _MAX_BYTES: Final = 256 * 1024 * 1024
 _MAX_CHUNKS: Final = 100_000
 _SEND_BLOCK: Final = 64 * 1024
-_POLL_INTERVAL: Final = 0.05
 _BYTE_PATTERN: Final = bytes(range(256)) * (_SEND_BLOCK // 256)
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -229,31 +228,6 @@ class _Reader:
         data = bytes(self._buf[:n])
         del self._buf[:n]
         return data
-
-
-class _Listener(socketserver.TCPServer):
-    """The listening socket; every accepted connection goes to the owner."""
-
-    request_queue_size = 128
-    allow_reuse_address = False
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        family: socket.AddressFamily,
-        on_connection: Callable[[socket.socket], None],
-    ) -> None:
-        self.address_family = family
-        self._on_connection = on_connection
-        super().__init__(address, socketserver.BaseRequestHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the accepted socket to the owner, which serves it on a thread."""
-        self._on_connection(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log instead of printing to stderr."""
-        logger.exception("FlakyServer: error accepting a connection from %r", client_address)
 
 
 def _loopback_host(host: str) -> tuple[str, socket.AddressFamily]:
@@ -374,7 +348,8 @@ class FlakyServer:
         self._lock = threading.Lock()
         self._counted = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._listener: _Listener | None = None
+        self._listener: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._accept_thread: threading.Thread | None = None
         self._closed = False
         self._sockets: set[socket.socket] = set()
@@ -400,12 +375,21 @@ class FlakyServer:
                 raise RuntimeError("FlakyServer: closed; create a new server")
             if self._listener is not None:
                 return self
-            listener = _Listener((self._host, self._requested_port), self._family, self._spawn)
+            listener = socket.socket(self._family, socket.SOCK_STREAM)
+            try:
+                listener.bind((self._host, self._requested_port))
+                listener.listen(128)
+                listener.setblocking(False)
+                wake = socket.socketpair()
+            except BaseException:
+                listener.close()
+                raise
             self._listener = listener
-            self._port = int(listener.server_address[1])
+            self._wake = wake
+            self._port = int(listener.getsockname()[1])
             self._accept_thread = threading.Thread(
-                target=listener.serve_forever,
-                kwargs={"poll_interval": _POLL_INTERVAL},
+                target=self._accept_loop,
+                args=(listener, wake[0]),
                 name=f"{self._thread_prefix}accept",
                 daemon=True,
             )
@@ -424,15 +408,18 @@ class FlakyServer:
                 return
             self._closed = True
             listener = self._listener
+            wake = self._wake
             accept_thread = self._accept_thread
         self._stop.set()
-        if listener is None:
+        if listener is None or wake is None or accept_thread is None:
             return
         deadline = time.monotonic() + timeout
-        listener.shutdown()  # returns once the accept loop has exited
-        if accept_thread is not None:
-            accept_thread.join(max(0.0, deadline - time.monotonic()))
-        listener.server_close()
+        with contextlib.suppress(OSError):
+            wake[1].send(b"\0")
+        accept_thread.join(max(0.0, deadline - time.monotonic()))
+        listener.close()
+        wake[0].close()
+        wake[1].close()
         with self._lock:
             for sock in self._sockets:
                 with contextlib.suppress(OSError):
@@ -610,6 +597,30 @@ class FlakyServer:
             return self._counted.wait_for(lambda: self._requests >= count, timeout)
 
     # -- connections ---------------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket, wake: socket.socket) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(listener, selectors.EVENT_READ)
+                selector.register(wake, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    for key, _ in selector.select():
+                        if key.fileobj is wake:
+                            return
+                        try:
+                            sock, _ = listener.accept()
+                        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                            continue
+                        except OSError:  # e.g. out of file descriptors: back off, retry
+                            logger.exception("FlakyServer: accept() failed")
+                            self._stop.wait(0.05)
+                            continue
+                        sock.setblocking(True)
+                        self._spawn(sock)
+        except Exception as exc:
+            logger.exception("FlakyServer: the accept loop failed")
+            with self._lock:
+                self._errors.append(exc)
 
     def _spawn(self, sock: socket.socket) -> None:
         with self._lock:
@@ -977,10 +988,10 @@ class FlakyServer:
         status = options.status or 200
         keep = request.keep_alive
         headers = [("Content-Type", "application/octet-stream")]
-        if _bodyless(status) or request.method == "HEAD":
+        if _bodyless(status):
             return self._send(sock, request, options, status, headers, b"")
         sock.sendall(self._head(request, options, status, headers, length=n, keep=keep))
-        remaining = n
+        remaining = 0 if request.method == "HEAD" else n
         while remaining > 0:
             block = _BYTE_PATTERN[: min(remaining, _SEND_BLOCK)]
             sock.sendall(block)

@@ -89,6 +89,16 @@ def bucket_of(now: float, width: float) -> int:
     return int(now // width)
 
 
+def _bucket_end(index: int, width: float) -> float:
+    """The smallest clock reading whose bucket is after ``index``, exactly as bucket_of sees it."""
+    end = (index + 1) * width
+    while bucket_of(end, width) <= index:
+        end = math.nextafter(end, math.inf)
+    while bucket_of(math.nextafter(end, -math.inf), width) > index:
+        end = math.nextafter(end, -math.inf)
+    return end
+
+
 @dataclass(frozen=True, slots=True)
 class CoreState:
     """The breaker's state as a plain value that can be stored, sent and merged.
@@ -133,6 +143,7 @@ class BreakerCore:
         "_b_calls",
         "_b_failures",
         "_b_slow",
+        "_bucket_end",
         "_cf",
         "_fr",
         "_head",
@@ -180,6 +191,7 @@ class BreakerCore:
         self._b_slow = [0] * _SLOTS
         self._head: int | None = None
         self._slot = 0
+        self._bucket_end = -math.inf  # first clock reading past the newest bucket
         self.calls = 0
         self.failures = 0
         self.slow_calls = 0
@@ -251,9 +263,9 @@ class BreakerCore:
         if permit != self.cycle:
             self.record(permit, now, False)
             return
-        # Compared as a float: int() would cost a call on the hot path.
-        index = now // self._width
-        slot = self._slot if index == self._head else self._slot_at(int(index))
+        # One float comparison on the hot path; a clock that stepped back
+        # lands in the newest bucket, as in _slot_at.
+        slot = self._slot if now < self._bucket_end else self._slot_at(bucket_of(now, self._width))
         self._b_calls[slot] += 1
         self.calls += 1
         self.consecutive = 0
@@ -418,6 +430,7 @@ class BreakerCore:
             return
         self._head = index
         self._slot = index % _SLOTS
+        self._bucket_end = _bucket_end(index, self._width)
         if head is None or index - head >= _SLOTS:
             self._clear_window()
             return
@@ -476,6 +489,7 @@ class BreakerCore:
         if trigger == "reset" or new is CLOSED:
             self._clear_window()
             self._head = None
+            self._bucket_end = -math.inf
             self.consecutive = 0
             self.open_count = 0
             self.not_before = None
