@@ -260,7 +260,14 @@ class _Gate:
             # Already read (MockTransport, Response(content=...)): settle now.
             breaker.record(permit, False, duration)
             if tee and lkg is not None:
-                self.store(lkg, request, response, response.content)
+                self.store(
+                    lkg,
+                    request,
+                    status,
+                    response.reason_phrase,
+                    response.headers,
+                    response.content,
+                )
             return response
         if state is _HALF_OPEN:
             # A long body must not hold the breaker half-open.
@@ -284,23 +291,20 @@ class _Gate:
 
     @staticmethod
     def store(
-        lkg: LastKnownGood, request: httpx.Request, response: httpx.Response, content: bytes
+        lkg: LastKnownGood,
+        request: httpx.Request,
+        status: int,
+        reason: str,
+        headers: httpx.Headers,
+        content: bytes,
     ) -> None:
-        # The stored body is the decoded-on-the-wire bytes; drop framing headers
-        # that would no longer describe it.
-        headers = [
+        # The stored body is what was read; framing headers no longer describe it.
+        kept = [
             (name, value)
-            for name, value in response.headers.multi_items()
+            for name, value in headers.multi_items()
             if name.lower() not in ("content-length", "transfer-encoding", "connection")
         ]
-        lkg.store(
-            str(request.url),
-            response.status_code,
-            response.reason_phrase,
-            headers,
-            content,
-            request.headers.get,
-        )
+        lkg.store(str(request.url), status, reason, kept, content, request.headers.get)
 
     def _from_lkg(self, lkg: LastKnownGood, request: httpx.Request) -> httpx.Response | None:
         if not lkg.request_eligible(request.method, request.headers.get):
@@ -367,15 +371,20 @@ class _Gate:
 class _Pending:
     """One response whose success status arrived and whose body is still to come."""
 
+    # It keeps the response's status and headers, not the response: the
+    # response holds the body watcher, which holds this, and a cycle would
+    # delay the finaliser of a dropped response until the cyclic GC runs.
     __slots__ = (
         "breaker",
         "chunks",
         "clock",
         "gate",
+        "headers",
         "permits",
+        "reason",
         "request",
-        "response",
         "size",
+        "status",
         "upstream",
     )
 
@@ -395,7 +404,9 @@ class _Pending:
         # A one-item list: ``pop()`` is atomic, so the outcome settles exactly once.
         self.permits = [permit]
         self.request = request
-        self.response = response
+        self.status = response.status_code
+        self.reason = response.reason_phrase
+        self.headers = response.headers
         self.upstream = duration
         self.clock = clock
         self.chunks: list[bytes] | None = [] if tee else None
@@ -420,7 +431,9 @@ class _Pending:
         self.breaker.record(permit, False, self.upstream)
         lkg = self.gate.lkg
         if complete and self.chunks is not None and lkg is not None:
-            self.gate.store(lkg, self.request, self.response, b"".join(self.chunks))
+            self.gate.store(
+                lkg, self.request, self.status, self.reason, self.headers, b"".join(self.chunks)
+            )
         self.chunks = None
 
     def error(self, exc: Exception) -> None:
@@ -435,8 +448,8 @@ class _Pending:
             self.request,
             exc,
             self.upstream,
-            self.response.status_code,
-            self.response.headers,
+            self.status,
+            self.headers,
         )
 
     def cancel(self) -> None:
