@@ -65,9 +65,11 @@ class FallbackResponse:
                 raise ValueError(f"FallbackResponse.headers must map str to str, got {name!r}")
         if self.json is not None:
             try:
-                body = _json.dumps(self.json, separators=(",", ":")).encode("utf-8")
+                # allow_nan=False: NaN and Infinity are not JSON, whatever Python accepts.
+                text = _json.dumps(self.json, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"FallbackResponse.json is not serialisable: {exc}") from None
+            body = text.encode("utf-8")
             if not any(name.lower() == "content-type" for name in headers):
                 headers["Content-Type"] = "application/json"
         else:
@@ -203,8 +205,8 @@ class LastKnownGood:
         request_header: Callable[[str], str | None],
     ) -> None:
         """Keep a successful GET response (the integrations call this)."""
-        if len(content) > self.max_entry_bytes:
-            return
+        if len(content) > self.max_entry_bytes or len(content) > self.max_bytes:
+            return  # a body that can never fit must not flush the others first
         header_list = tuple(headers)
         vary_names: list[str] = []
         for name, value in header_list:

@@ -125,6 +125,7 @@ by_host = HostKey()
 """Key each request by its origin, ``scheme://host[:port]``."""
 
 _PARAM = re.compile(r"^\{[^/{}]+\}$")
+_BAD_LITERAL = re.compile(r"[{}?#]")
 
 
 class RouteKey:
@@ -147,6 +148,14 @@ class RouteKey:
             if not isinstance(template, str) or not template.startswith("/"):
                 raise ValueError(f"by_route: a template must start with '/', got {template!r}")
             segments = _segments(template)
+            for segment in segments:
+                if _BAD_LITERAL.search(segment) and not _PARAM.match(segment):
+                    # It would be taken literally and silently never match.
+                    raise ValueError(
+                        f"by_route: bad segment {segment!r} in template {template!r}: "
+                        "a parameter is a whole segment such as '{id}', and a "
+                        "template has no query or fragment"
+                    )
             pattern = tuple(None if _PARAM.match(s) else s for s in segments)
             literal = sum(s is not None for s in pattern)
             by_length.setdefault(len(pattern), []).append((literal, order, pattern, template))
@@ -204,8 +213,17 @@ def by_route(*templates: str) -> RouteKey:
         ``by_route("/users/{id}", "/users/me", "/orders/{id}/items")`` keys
         ``GET http://127.0.0.1:8080/users/42`` as
         ``http://127.0.0.1:8080/users/{id}``.
+
+    Raises:
+        ValueError: no template, one not starting with ``/``, or a segment that
+            mixes a ``{name}`` with other text (or holds ``?`` or ``#``).
     """
     return RouteKey(templates)
+
+
+def _is_port(text: str) -> bool:
+    # ASCII only: str.isdigit() accepts digits such as "²" that int() rejects.
+    return text.isascii() and text.isdigit()
 
 
 def split_key(key: str) -> tuple[str, str, int | None, str] | None:
@@ -221,14 +239,14 @@ def split_key(key: str) -> tuple[str, str, int | None, str] | None:
         if end < 0:
             return None
         host, tail = hostport[: end + 1], hostport[end + 1 :]
-        if tail.startswith(":") and tail[1:].isdigit():
+        if tail.startswith(":") and _is_port(tail[1:]):
             port = int(tail[1:])
         elif tail:
             return None
     else:
         host, colon, port_text = hostport.partition(":")
         if colon:
-            if not port_text.isdigit():
+            if not _is_port(port_text):
                 return None
             port = int(port_text)
     if not host:

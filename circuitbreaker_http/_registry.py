@@ -8,6 +8,7 @@ a batch, so the cost of eviction is spread over many creations.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -67,12 +68,15 @@ def _compile_rule(pattern: str, config: BreakerConfig, order: int) -> Rule:
         raise ValueError(f"rules: a pattern must be a non-empty str, got {pattern!r}")
     if not isinstance(config, BreakerConfig):
         raise ValueError(f"rules[{pattern!r}] must be a BreakerConfig, got {config!r}")
-    text = pattern.lower()
+    text = pattern
     scheme: str | None = None
     if "://" in text:
         scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
     slash = text.find("/")
     hostport, path = (text, None) if slash < 0 else (text[:slash], text[slash:])
+    # Hosts are case-insensitive; paths (and route templates) are not.
+    hostport = hostport.lower()
     port: str | None = None
     if hostport.startswith("["):
         end = hostport.find("]")
@@ -166,10 +170,10 @@ class BreakerRegistry:
         self._clock = clock
         self._on_state_change = on_state_change
         self._breakers: dict[str, CircuitBreaker] = {}
-        # key -> sweep generation it was last used in: an approximate LRU that
-        # costs one dict write per request and no lock.
+        # key -> tick of its last use: an approximate LRU that costs one dict
+        # write per request and no lock (``next`` on a C counter is atomic).
         self._used: dict[str, int] = {}
-        self._generation = 0
+        self._ticks = itertools.count()
         self._lock = Lock()
 
     def __repr__(self) -> str:
@@ -197,7 +201,7 @@ class BreakerRegistry:
         breaker = self._breakers.get(key)
         if breaker is None:
             return self._create(key)
-        self._used[key] = self._generation
+        self._used[key] = next(self._ticks)
         return breaker
 
     def snapshot(self) -> list[BreakerSnapshot]:
@@ -216,7 +220,7 @@ class BreakerRegistry:
                 key, config, clock=self._clock, on_state_change=self._on_state_change
             )
             self._breakers[key] = breaker
-            self._used[key] = self._generation
+            self._used[key] = next(self._ticks)
             if len(self._breakers) > self.max_breakers:
                 self._evict(keep=key)
             return breaker
@@ -237,9 +241,10 @@ class BreakerRegistry:
         breakers = self._breakers
         for _, key in candidates[:target]:
             del breakers[key]
-        # A lock-free get() racing an eviction may have re-marked a dropped key.
-        self._used = {k: g for k, g in used.items() if k in breakers}
-        self._generation += 1
+        # Rebuilt from ``breakers`` (changed only under the lock), never by
+        # iterating ``used``, which a lock-free get() may write to meanwhile;
+        # a get() racing this may have re-marked a dropped key.
+        self._used = {k: used.get(k, -1) for k in breakers}
 
     @staticmethod
     def _protected(breaker: CircuitBreaker, now: float) -> bool:
