@@ -76,7 +76,11 @@ def _is_failure(exc: BaseException) -> bool:
 
 
 def _check_fallback(fallback: object, allow_async: bool) -> Fallback:
-    if fallback is None or isinstance(fallback, (FallbackResponse, LastKnownGood)):
+    if isinstance(fallback, LastKnownGood):
+        # Its ``otherwise`` is called like any fallback: check it the same way.
+        _check_fallback(fallback.otherwise, allow_async)
+        return fallback
+    if fallback is None or isinstance(fallback, FallbackResponse):
         return fallback
     if not callable(fallback):
         raise TypeError(
@@ -266,7 +270,9 @@ class _Gate:
                     status,
                     response.reason_phrase,
                     response.headers,
-                    response.content,
+                    # The raw bytes, not ``.content``: that is already decoded, and
+                    # the stored Content-Encoding would make a stale copy undecodable.
+                    b"".join(stream),
                 )
             return response
         if state is _HALF_OPEN:
