@@ -47,6 +47,10 @@ StateListener = Callable[[StateChange], object]
 """A callable that receives every :class:`StateChange` of a breaker."""
 
 _OPEN = CircuitState.OPEN
+_CLOSED = CircuitState.CLOSED
+_HALF_OPEN = CircuitState.HALF_OPEN
+_FORCED_OPEN = CircuitState.FORCED_OPEN
+_DISABLED = CircuitState.DISABLED
 _DEFAULT_CONFIG = BreakerConfig()
 
 
@@ -186,19 +190,23 @@ class CircuitBreaker:
 
     # -- the low-level protocol used by the HTTP integrations ------------------
 
-    def acquire(self) -> int:
+    def acquire(self, error: type[CircuitOpenError] = CircuitOpenError) -> int:
         """Ask to let one call through and return its permit.
 
         This is the low-level protocol the HTTP integrations use; most code
         wants :meth:`call`. Every permit must be settled exactly once with
         :meth:`record` or :meth:`release`.
 
+        Args:
+            error: The :class:`CircuitOpenError` subclass to raise on a short
+                circuit (the integrations raise their client-flavoured one).
+
         Raises:
-            CircuitOpenError: the call may not pass.
+            CircuitOpenError: the call may not pass (an instance of ``error``).
         """
         permit = self._core.fast_permit
         if permit is None:
-            permit = self._admit()
+            permit = self._admit(error)
         return permit
 
     def record(
@@ -221,16 +229,23 @@ class CircuitBreaker:
         slow_after = self._slow_after
         slow = slow_after is not None and duration is not None and duration > slow_after
         core = self._core
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # cheaper than ``with`` on the hot path
+        try:
             now = self._clock()
             if self._deferred:
                 self._apply_deferred(now)
-            core.record(
-                permit, now, failed, slow, None if retry_after is None else now + retry_after
-            )
+            if failed or slow:
+                core.record(
+                    permit, now, failed, slow, None if retry_after is None else now + retry_after
+                )
+            else:
+                core.success(permit, now)
             if not core.changes:
                 return
             drain = self._enqueue()
+        finally:
+            lock.release()
         if drain:
             self._drain()
 
@@ -257,10 +272,11 @@ class CircuitBreaker:
     def permit_state(self, permit: int) -> CircuitState:
         """The state ``permit`` was let through in: closed, half-open (a trial) or disabled."""
         if not permit:
-            return CircuitState.DISABLED
-        if permit in self._core.trials:
-            return CircuitState.HALF_OPEN
-        return CircuitState.CLOSED
+            return _DISABLED
+        core = self._core
+        if permit == core.fast_permit or permit not in core.trials:
+            return _CLOSED
+        return _HALF_OPEN
 
     def release(self, permit: int) -> None:
         """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream)."""
@@ -420,13 +436,16 @@ class CircuitBreaker:
 
     # -- internals -----------------------------------------------------------
 
-    def _admit(self) -> int:
+    def _admit(self, error: type[CircuitOpenError] = CircuitOpenError) -> int:
         core = self._core
         now = self._clock()
         # An open breaker rejects without the lock: a stale read only ever
         # rejects a call that was rejectable an instant ago.
-        if core.state is _OPEN and now < core.open_until:
-            raise CircuitOpenError(self.name, _OPEN, core.open_until - now)
+        state = core.state
+        if state is _OPEN and now < core.open_until:
+            raise error(self.name, _OPEN, core.open_until - now)
+        if state is _FORCED_OPEN:
+            raise error(self.name, _FORCED_OPEN, None)
         with self._lock:
             permit = core.acquire(now)
             if permit is None:
@@ -436,7 +455,7 @@ class CircuitBreaker:
         if drain:
             self._drain()
         if permit is None:
-            raise CircuitOpenError(self.name, state, retry_after)
+            raise error(self.name, state, retry_after)
         return permit
 
     def _failed(self, permit: int, start: float, exc: Exception) -> None:

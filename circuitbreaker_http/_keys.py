@@ -135,15 +135,14 @@ class RouteKey:
     origin key, so raw paths never become keys.
     """
 
-    __slots__ = ("_by_length", "_host", "templates")
+    __slots__ = ("_cache", "_host", "_regex", "_templates_by_group", "templates")
 
     def __init__(self, templates: tuple[str, ...]) -> None:
         if not templates:
             raise ValueError("by_route needs at least one path template")
         self.templates = templates
         self._host = HostKey()
-        # segment count -> [(specificity, order, segments-or-None, template)]
-        by_length: dict[int, list[tuple[int, int, tuple[str | None, ...], str]]] = {}
+        ranked: list[tuple[int, int, tuple[str | None, ...], str]] = []
         for order, template in enumerate(templates):
             if not isinstance(template, str) or not template.startswith("/"):
                 raise ValueError(f"by_route: a template must start with '/', got {template!r}")
@@ -158,28 +157,36 @@ class RouteKey:
                     )
             pattern = tuple(None if _PARAM.match(s) else s for s in segments)
             literal = sum(s is not None for s in pattern)
-            by_length.setdefault(len(pattern), []).append((literal, order, pattern, template))
-        for entries in by_length.values():
-            # Most literal segments first, then the order listed.
-            entries.sort(key=lambda e: (-e[0], e[1]))
-        self._by_length = by_length
+            ranked.append((-literal, order, pattern, template))
+        # One anchored alternation, most literal segments first, then the order
+        # listed: the regex engine tries alternatives in that order.
+        ranked.sort(key=lambda entry: (entry[0], entry[1]))
+        alternatives = [
+            "(" + "/".join("[^/]+" if s is None else re.escape(s) for s in pattern) + ")"
+            for _, _, pattern, _ in ranked
+        ]
+        self._regex = re.compile("|".join(alternatives))
+        self._templates_by_group = [template for _, _, _, template in ranked]
+        # Paths seen recently -> template: bounded, so rotating paths cost
+        # only a regex match each, never memory.
+        self._cache: dict[str, str | None] = {}
 
     def __repr__(self) -> str:
         return f"by_route{self.templates!r}"
 
     def match(self, path: str) -> str | None:
         """Return the most specific template matching ``path``, or ``None``."""
-        segments = _segments(path)
-        for _, _, pattern, template in self._by_length.get(len(segments), ()):
-            for want, got in zip(pattern, segments, strict=True):
-                if want is None:
-                    if not got:
-                        break
-                elif want != got:
-                    break
-            else:
-                return template
-        return None
+        cache = self._cache
+        try:
+            return cache[path]
+        except KeyError:
+            pass
+        found = self._regex.fullmatch(path.strip("/"))
+        template = None if found is None else self._templates_by_group[found.lastindex - 1]  # type: ignore[operator]
+        if len(cache) >= _ORIGIN_CACHE_MAX:
+            cache.clear()
+        cache[path] = template
+        return template
 
     def __call__(self, method: str, url: str) -> str | None:
         """Return the route key of ``url``."""

@@ -69,6 +69,53 @@ class CircuitOpenTransportError(CircuitOpenError, httpx.TransportError):
     retries on.
     """
 
+    def __init__(
+        self,
+        name: str,
+        state: CircuitState,
+        retry_after: float | None = None,
+        message: str | None = None,
+        *,
+        request: httpx.Request | None = None,
+    ) -> None:
+        # Skips httpx's __init__, which would format the message on every
+        # rejection; ``.request`` goes through httpx's public setter instead.
+        CircuitOpenError.__init__(self, name, state, retry_after, message)
+        self._request = None
+        if request is not None:
+            self.request = request
+
+
+_MISSING = object()
+
+
+def _public_origin_parts(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.raw_host.decode("ascii"), url.port
+
+
+def _private_origin_parts(url: httpx.URL) -> tuple[str, str, int | None]:
+    # httpx keeps the parsed URL in ``_uri_reference``; reading it directly
+    # costs a third of the public properties, which re-encode the host.
+    ref = url._uri_reference
+    return ref.scheme, ref.host, ref.port
+
+
+def _pick_origin_parts() -> Callable[[httpx.URL], tuple[str, str, int | None]]:
+    """Use the private fast path only if it agrees with the public API here."""
+    try:
+        for text in ("HTTP://B\u00fccher.Example:80/x?y", "https://[::1]:8443/", "http://h:81"):
+            url = httpx.URL(text)
+            if _private_origin_parts(url) != _public_origin_parts(url):
+                return _public_origin_parts
+    except Exception:
+        return _public_origin_parts
+    return _private_origin_parts
+
+
+_origin_parts = _pick_origin_parts()
+
+_STATE_NAMES = {state: state.value for state in CircuitState}
+
 
 def _is_failure(exc: BaseException) -> bool:
     """Whether an exception says the upstream failed (else it records nothing)."""
@@ -136,7 +183,7 @@ class _Gate:
         self.key = registry.key
         self._from_parts = getattr(registry.key, "from_parts", None)
         self._by_host = isinstance(registry.key, HostKey)
-        self._key_cache: dict[tuple[str, bytes, int | None], str | None] = {}
+        self._key_cache: dict[tuple[str, str, int | None], object] = {}
 
     def route(self, request: httpx.Request) -> tuple[str, CircuitBreaker] | None:
         """Return the key and breaker for ``request``, or ``None`` to bypass."""
@@ -158,24 +205,20 @@ class _Gate:
         from_parts = self._from_parts
         if from_parts is None:
             return self.key(request.method, str(url))
+        scheme, host, port = _origin_parts(url)
         if self._by_host:
             # Origins are few: cache them on the parsed parts, never on the path.
-            parts = (url.scheme, url.raw_host, url.port)
-            try:
-                return self._key_cache[parts]
-            except KeyError:
-                pass
-            host = url.raw_host.decode("ascii")
-            key: str | None = from_parts(request.method, url.scheme, host, url.port, "")
-            cache = self._key_cache
-            if len(cache) >= 4096:
-                cache.clear()
-            cache[parts] = key
-            return key
+            parts = (scheme, host, port)
+            key = self._key_cache.get(parts, _MISSING)
+            if key is _MISSING:
+                key = from_parts(request.method, scheme, host, port, "")
+                cache = self._key_cache
+                if len(cache) >= 4096:
+                    cache.clear()  # rotating hosts must not grow memory
+                cache[parts] = key
+            return key  # type: ignore[return-value]
         raw_path = url.raw_path.decode("ascii", "replace").partition("?")[0]
-        return from_parts(  # type: ignore[no-any-return]
-            request.method, url.scheme, url.raw_host.decode("ascii"), url.port, raw_path
-        )
+        return from_parts(request.method, scheme, host, port, raw_path)  # type: ignore[no-any-return]
 
     # -- outcomes --------------------------------------------------------------
 
@@ -236,11 +279,14 @@ class _Gate:
     ) -> httpx.Response:
         """Settle or watch a response whose headers have arrived."""
         state = breaker.permit_state(permit)
-        response.extensions[EXTENSION] = {"key": key, "state": state.value}
+        response.extensions[EXTENSION] = {"key": key, "state": _STATE_NAMES[state]}
         if not permit:
             return response
         status = response.status_code
-        verdict = self.verdict(breaker, request, status, response.headers, None, duration)
+        if breaker._classify is None:
+            verdict = None
+        else:
+            verdict = self.verdict(breaker, request, status, response.headers, None, duration)
         if verdict is None:
             failed = status in breaker.config.failure_statuses
         elif verdict is Verdict.IGNORE:
@@ -329,13 +375,6 @@ class _Gate:
 
     # -- short circuits --------------------------------------------------------
 
-    def open_error(
-        self, request: httpx.Request, exc: CircuitOpenError
-    ) -> CircuitOpenTransportError:
-        return CircuitOpenTransportError(
-            exc.name, exc.state, exc.retry_after, str(exc.args[0]), request=request
-        )
-
     def resolve_fallback(
         self, request: httpx.Request, error: CircuitOpenTransportError
     ) -> httpx.Response | Callable[..., Any]:
@@ -367,7 +406,7 @@ class _Gate:
         for name, value in fallback_headers(headers.keys(), error.retry_after):
             headers[name] = value
         marks = response.extensions.get(EXTENSION)
-        extension = {"key": key, "state": error.state.value, "fallback": True}
+        extension = {"key": key, "state": _STATE_NAMES[error.state], "fallback": True}
         if isinstance(marks, Mapping):
             extension.update(marks)
         response.extensions[EXTENSION] = extension
@@ -622,8 +661,8 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             return self.transport.handle_request(request)
         key, breaker = routed
         try:
-            permit = breaker.acquire()
-        except CircuitOpenError as exc:
+            permit = breaker.acquire(CircuitOpenTransportError)
+        except CircuitOpenTransportError as exc:
             return self._short_circuit(request, key, exc)
         clock = breaker._clock
         start = clock()
@@ -640,10 +679,10 @@ class CircuitBreakerTransport(httpx.BaseTransport):
         )
 
     def _short_circuit(
-        self, request: httpx.Request, key: str, exc: CircuitOpenError
+        self, request: httpx.Request, key: str, error: CircuitOpenTransportError
     ) -> httpx.Response:
         gate = self._gate
-        error = gate.open_error(request, exc)
+        error.request = request
         resolved = gate.resolve_fallback(request, error)
         if not isinstance(resolved, httpx.Response):
             resolved = resolved(request, error)
@@ -693,8 +732,8 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
             return await self.transport.handle_async_request(request)
         key, breaker = routed
         try:
-            permit = breaker.acquire()
-        except CircuitOpenError as exc:
+            permit = breaker.acquire(CircuitOpenTransportError)
+        except CircuitOpenTransportError as exc:
             return await self._short_circuit(request, key, exc)
         clock = breaker._clock
         start = clock()
@@ -711,10 +750,10 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
         )
 
     async def _short_circuit(
-        self, request: httpx.Request, key: str, exc: CircuitOpenError
+        self, request: httpx.Request, key: str, error: CircuitOpenTransportError
     ) -> httpx.Response:
         gate = self._gate
-        error = gate.open_error(request, exc)
+        error.request = request
         resolved = gate.resolve_fallback(request, error)
         if not isinstance(resolved, httpx.Response):
             result = resolved(request, error)
