@@ -19,3 +19,9 @@ def flaky_server() -> Iterator[FlakyServer]:
         yield server
     assert server.threads() == [], f"FlakyServer threads leaked: {server.threads()}"
     assert server.errors == [], f"FlakyServer raised while serving: {server.errors!r}"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run every ``@pytest.mark.anyio`` test on both asyncio and trio (a module may override)."""
+    return str(request.param)
