@@ -19,7 +19,7 @@ from ._breaker import CircuitBreaker, StateListener
 from ._core import BreakerConfig, BreakerSnapshot, CircuitState
 from ._keys import KeyFunc, by_host, split_key
 
-__all__ = ["BreakerRegistry", "Rule", "compile_rules"]
+__all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
 _PROTECTED = (CircuitState.FORCED_OPEN, CircuitState.DISABLED)
 
@@ -253,3 +253,28 @@ class BreakerRegistry:
         if state in _PROTECTED:
             return True
         return state is CircuitState.OPEN and now < core.open_until
+
+
+def registry_from(
+    registry: BreakerRegistry | None,
+    config: BreakerConfig | None,
+    rules: Mapping[str, BreakerConfig] | None,
+    key: KeyFunc | None,
+) -> BreakerRegistry:
+    """Return ``registry``, or build one from ``config``, ``rules`` and ``key``.
+
+    The integrations take either a ready registry (to share it) or the parts
+    to build their own, never both.
+
+    Raises:
+        TypeError: ``registry`` together with any of the parts, or not a registry.
+    """
+    if registry is not None:
+        if config is not None or rules is not None or key is not None:
+            raise TypeError("pass either registry, or config/rules/key to build one, not both")
+        if not isinstance(registry, BreakerRegistry):
+            raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
+        return registry
+    if key is None:
+        return BreakerRegistry(config, rules=rules)
+    return BreakerRegistry(config, rules=rules, key=key)

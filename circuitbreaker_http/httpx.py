@@ -32,13 +32,14 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
 
 from . import _clock
 from ._breaker import CircuitBreaker
-from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
+from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
-from ._keys import HostKey, KeyFunc
+from ._gate import GateBase, decide, settle
+from ._keys import KeyFunc
 from ._options import EXTENSION, current_options, request_options
-from ._policy import fallback_headers, parse_retry_after
-from ._registry import BreakerRegistry
+from ._policy import fallback_headers
+from ._registry import BreakerRegistry, registry_from
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
@@ -139,36 +140,10 @@ def _check_fallback(fallback: object, allow_async: bool) -> Fallback:
     return fallback
 
 
-def _build_registry(
-    registry: BreakerRegistry | None,
-    config: BreakerConfig | None,
-    rules: Mapping[str, BreakerConfig] | None,
-    key: KeyFunc | None,
-) -> BreakerRegistry:
-    if registry is not None:
-        if config is not None or rules is not None or key is not None:
-            raise TypeError("pass either registry, or config/rules/key to build one, not both")
-        if not isinstance(registry, BreakerRegistry):
-            raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
-        return registry
-    if key is None:
-        return BreakerRegistry(config, rules=rules)
-    return BreakerRegistry(config, rules=rules, key=key)
-
-
-class _Gate:
+class _Gate(GateBase):
     """Everything both transports share: keys, outcomes, fallbacks. No I/O."""
 
-    __slots__ = (
-        "_by_host",
-        "_from_parts",
-        "_key_cache",
-        "fallback",
-        "key",
-        "lkg",
-        "registry",
-        "wall_clock",
-    )
+    __slots__ = ("_key_cache",)
 
     def __init__(
         self,
@@ -176,13 +151,7 @@ class _Gate:
         fallback: Fallback,
         wall_clock: Callable[[], float],
     ) -> None:
-        self.registry = registry
-        self.fallback = fallback
-        self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
-        self.wall_clock = wall_clock
-        self.key = registry.key
-        self._from_parts = getattr(registry.key, "from_parts", None)
-        self._by_host = isinstance(registry.key, HostKey)
+        super().__init__(registry, fallback, wall_clock)
         self._key_cache: dict[tuple[str, str, int | None], object] = {}
 
     def route(self, request: httpx.Request) -> tuple[str, CircuitBreaker] | None:
@@ -222,23 +191,6 @@ class _Gate:
 
     # -- outcomes --------------------------------------------------------------
 
-    def verdict(
-        self,
-        breaker: CircuitBreaker,
-        request: httpx.Request,
-        status: int | None,
-        headers: httpx.Headers | None,
-        error: BaseException | None,
-        duration: float,
-    ) -> Verdict | None:
-        """Ask the breaker's ``classify``, if it has one."""
-        if breaker._classify is None:
-            return None
-        info = CallInfo(
-            breaker.name, request.method, str(request.url), status, headers, error, duration
-        )
-        return breaker.classify(info)
-
     def on_error(
         self,
         breaker: CircuitBreaker,
@@ -253,18 +205,17 @@ class _Gate:
         if not permit or isinstance(exc, CircuitOpenError):
             breaker.release(permit)
             return
-        verdict = self.verdict(breaker, request, status, headers, exc, duration)
-        if verdict is None:
-            failed = _is_failure(exc)
-            if not failed:
-                breaker.release(permit)
-                return
-        elif verdict is Verdict.IGNORE:
-            breaker.release(permit)
-            return
-        else:
-            failed = verdict is Verdict.FAILURE
-        breaker.record(permit, failed, duration)
+        failed = decide(
+            breaker,
+            request.method,
+            str(request.url),
+            status,
+            headers,
+            exc,
+            duration,
+            True if _is_failure(exc) else None,
+        )
+        settle(breaker, permit, failed, duration)
 
     def on_response(
         self,
@@ -283,25 +234,23 @@ class _Gate:
         if not permit:
             return response
         status = response.status_code
-        if breaker._classify is None:
-            verdict = None
-        else:
-            verdict = self.verdict(breaker, request, status, response.headers, None, duration)
-        if verdict is None:
-            failed = status in breaker.config.failure_statuses
-        elif verdict is Verdict.IGNORE:
-            breaker.release(permit)
-            return response
-        else:
-            failed = verdict is Verdict.FAILURE
+        failed: bool | None = status in breaker.config.failure_statuses
+        if breaker._classify is not None:
+            failed = decide(
+                breaker,
+                request.method,
+                str(request.url),
+                status,
+                response.headers,
+                None,
+                duration,
+                failed,
+            )
+            if failed is None:
+                breaker.release(permit)
+                return response
         if failed:
-            retry_after = None
-            if breaker.config.respect_retry_after:
-                headers = response.headers
-                value = headers.get("retry-after")
-                if value is not None:
-                    retry_after = parse_retry_after(value, headers.get("date"), self.wall_clock)
-            breaker.record(permit, True, duration, retry_after)
+            breaker.record(permit, True, duration, self.retry_after(breaker, response.headers))
             return response
         lkg = self.lkg
         tee = lkg is not None and self._storable(lkg, request, response)
@@ -394,7 +343,7 @@ class _Gate:
                 content=fallback.body,
                 request=request,
             )
-        return fallback  # type: ignore[no-any-return]
+        return fallback  # type: ignore[no-any-return]  # a callable, checked at construction
 
     @staticmethod
     def finish_fallback(
@@ -650,7 +599,7 @@ class CircuitBreakerTransport(httpx.BaseTransport):
                 f"HTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
             )
         self.transport = transport
-        self.registry = _build_registry(registry, config, rules, key)
+        self.registry = registry_from(registry, config, rules, key)
         self._gate = _Gate(self.registry, _check_fallback(fallback, False), wall_clock)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -721,7 +670,7 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
                 f"AsyncHTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
             )
         self.transport = transport
-        self.registry = _build_registry(registry, config, rules, key)
+        self.registry = registry_from(registry, config, rules, key)
         self._gate = _Gate(self.registry, _check_fallback(fallback, True), wall_clock)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -87,14 +87,15 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
 
 from . import _clock
 from ._breaker import CircuitBreaker
-from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
+from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
-from ._keys import HostKey, KeyFunc, _encode_host
+from ._gate import GateBase, decide, settle
+from ._keys import KeyFunc, _encode_host
 from ._options import EXTENSION
 from ._options import _current as _current_options
-from ._policy import fallback_headers, parse_retry_after
-from ._registry import BreakerRegistry
+from ._policy import fallback_headers
+from ._registry import BreakerRegistry, registry_from
 
 __all__ = ["CircuitBreakerAdapter", "CircuitOpenRequestsError", "Fallback"]
 
@@ -191,23 +192,6 @@ def _check_fallback(fallback: object) -> Fallback:
         if inspect.iscoroutinefunction(target):
             raise TypeError("requests is synchronous: a fallback cannot be a coroutine function")
     return fallback
-
-
-def _build_registry(
-    registry: BreakerRegistry | None,
-    config: BreakerConfig | None,
-    rules: Mapping[str, BreakerConfig] | None,
-    key: KeyFunc | None,
-) -> BreakerRegistry:
-    if registry is not None:
-        if config is not None or rules is not None or key is not None:
-            raise TypeError("pass either registry, or config/rules/key to build one, not both")
-        if not isinstance(registry, BreakerRegistry):
-            raise TypeError(f"registry must be a BreakerRegistry, got {registry!r}")
-        return registry
-    if key is None:
-        return BreakerRegistry(config, rules=rules)
-    return BreakerRegistry(config, rules=rules, key=key)
 
 
 def _reason(status: int) -> str:
@@ -400,20 +384,10 @@ def _breaker_retry(retries: Retry | int | None) -> _BreakerRetry:
     return clone  # type: ignore[return-value]
 
 
-class _Gate:
+class _Gate(GateBase):
     """Keys, outcomes and fallbacks of one adapter. No I/O."""
 
-    __slots__ = (
-        "_by_host",
-        "_from_parts",
-        "_host_keys",
-        "_parts",
-        "fallback",
-        "key",
-        "lkg",
-        "registry",
-        "wall_clock",
-    )
+    __slots__ = ("_host_keys", "_parts")
 
     def __init__(
         self,
@@ -421,13 +395,7 @@ class _Gate:
         fallback: Fallback,
         wall_clock: Callable[[], float],
     ) -> None:
-        self.registry = registry
-        self.fallback = fallback
-        self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
-        self.wall_clock = wall_clock
-        self.key = registry.key
-        self._from_parts = getattr(registry.key, "from_parts", None)
-        self._by_host = isinstance(registry.key, HostKey)
+        super().__init__(registry, fallback, wall_clock)
         # "scheme://authority" -> key (by_host) or parsed parts (other keys).
         self._host_keys: dict[str, str | None] = {}
         self._parts: dict[str, tuple[str, str, int | None] | None] = {}
@@ -493,23 +461,6 @@ class _Gate:
 
     # -- outcomes --------------------------------------------------------------
 
-    def verdict(
-        self,
-        breaker: CircuitBreaker,
-        request: requests.PreparedRequest,
-        status: int | None,
-        headers: Mapping[str, str] | None,
-        error: BaseException | None,
-        duration: float,
-    ) -> Verdict | None:
-        """Ask the breaker's ``classify``, if it has one."""
-        if breaker._classify is None:
-            return None
-        info = CallInfo(
-            breaker.name, request.method or "", request.url or "", status, headers, error, duration
-        )
-        return breaker.classify(info)
-
     def on_error(
         self,
         breaker: CircuitBreaker,
@@ -530,31 +481,20 @@ class _Gate:
         if not permit or isinstance(exc, CircuitOpenError):
             breaker.release(permit)
             return
-        verdict = None
+        default = True if _is_failure(exc) else None
+        failed = default
         if breaker._classify is not None:
-            verdict = self.verdict(
-                breaker, request, status, headers, _as_requests_error(exc), duration
+            failed = decide(
+                breaker,
+                request.method or "",
+                request.url or "",
+                status,
+                headers,
+                _as_requests_error(exc),
+                duration,
+                default,
             )
-        if verdict is None:
-            failed = _is_failure(exc)
-            if not failed:
-                breaker.release(permit)
-                return
-        elif verdict is Verdict.IGNORE:
-            breaker.release(permit)
-            return
-        else:
-            failed = verdict is Verdict.FAILURE
-        breaker.record(permit, failed, duration, retry_after if failed else None)
-
-    def retry_after(self, breaker: CircuitBreaker, headers: Mapping[str, str]) -> float | None:
-        """The delay a failure response's ``Retry-After`` asks for, if the breaker reads it."""
-        if not breaker.config.respect_retry_after:
-            return None
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        return parse_retry_after(value, headers.get("date"), self.wall_clock)
+        settle(breaker, permit, failed, duration, retry_after)
 
     def on_response(
         self,
@@ -581,17 +521,21 @@ class _Gate:
             "state": "half_open" if trial else "closed",
         }
         status = response.status_code
-        if breaker._classify is None:
-            failed = status in breaker.config.failure_statuses
-        else:
-            verdict = self.verdict(breaker, request, status, response.headers, None, duration)
-            if verdict is Verdict.IGNORE:
+        failed: bool | None = status in breaker.config.failure_statuses
+        if breaker._classify is not None:
+            failed = decide(
+                breaker,
+                request.method or "",
+                request.url or "",
+                status,
+                response.headers,
+                None,
+                duration,
+                failed,
+            )
+            if failed is None:
                 breaker.release(permit)
                 return response
-            if verdict is None:
-                failed = status in breaker.config.failure_statuses
-            else:
-                failed = verdict is Verdict.FAILURE
         if failed:
             breaker.record(permit, True, duration, self.retry_after(breaker, response.headers))
             return response
@@ -1035,7 +979,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
         wall_clock: Callable[[], float] = _clock.wall_clock,
         **kwargs: Any,
     ) -> None:
-        self.registry = _build_registry(registry, config, rules, key)
+        self.registry = registry_from(registry, config, rules, key)
         self._gate = _Gate(self.registry, _check_fallback(fallback), wall_clock)
         super().__init__(**kwargs)
 
