@@ -90,3 +90,33 @@ class GateBase:
         if value is None:
             return None
         return parse_retry_after(value, headers.get("date"), self.wall_clock)
+
+    def describe(self, request: Any) -> tuple[str, str]:
+        """The request's method and URL, for a ``classify`` hook (each client overrides)."""
+        raise NotImplementedError
+
+    def settle_status(
+        self,
+        breaker: CircuitBreaker,
+        permit: int,
+        request: Any,
+        status: int,
+        headers: Mapping[str, str],
+        duration: float,
+    ) -> bool:
+        """Settle at once a response whose headers say it failed, or that ``classify`` ignores.
+
+        Returns ``True`` when the outcome is settled; ``False`` for a success,
+        which settles when its body ends.
+        """
+        failed: bool | None = status in breaker.config.failure_statuses
+        if breaker._classify is not None:
+            method, url = self.describe(request)
+            failed = decide(breaker, method, url, status, headers, None, duration, failed)
+            if failed is None:
+                breaker.release(permit)
+                return True
+        if failed:
+            breaker.record(permit, True, duration, self.retry_after(breaker, headers))
+            return True
+        return False

@@ -191,6 +191,10 @@ class _Gate(GateBase):
 
     # -- outcomes --------------------------------------------------------------
 
+    def describe(self, request: httpx.Request) -> tuple[str, str]:
+        """The request's method and URL, for a ``classify`` hook."""
+        return request.method, str(request.url)
+
     def on_error(
         self,
         breaker: CircuitBreaker,
@@ -234,23 +238,7 @@ class _Gate(GateBase):
         if not permit:
             return response
         status = response.status_code
-        failed: bool | None = status in breaker.config.failure_statuses
-        if breaker._classify is not None:
-            failed = decide(
-                breaker,
-                request.method,
-                str(request.url),
-                status,
-                response.headers,
-                None,
-                duration,
-                failed,
-            )
-            if failed is None:
-                breaker.release(permit)
-                return response
-        if failed:
-            breaker.record(permit, True, duration, self.retry_after(breaker, response.headers))
+        if self.settle_status(breaker, permit, request, status, response.headers, duration):
             return response
         lkg = self.lkg
         tee = lkg is not None and self._storable(lkg, request, response)
