@@ -269,6 +269,11 @@ class CircuitBreaker:
             permit, slow = deferred.popleft()
             core.record(permit, now, False, slow)
 
+    def is_trial(self, permit: int) -> bool:
+        """Whether ``permit`` is a half-open trial's that has not settled yet."""
+        core = self._core
+        return permit != core.fast_permit and permit in core.trials
+
     def permit_state(self, permit: int) -> CircuitState:
         """The state ``permit`` was let through in: closed, half-open (a trial) or disabled."""
         if not permit:

@@ -59,7 +59,6 @@ _FAILURE_ERRORS = (
     httpx.RemoteProtocolError,
     httpx.ProxyError,
 )
-_HALF_OPEN = CircuitState.HALF_OPEN
 
 
 class CircuitOpenTransportError(CircuitOpenError, httpx.TransportError):
@@ -114,8 +113,6 @@ def _pick_origin_parts() -> Callable[[httpx.URL], tuple[str, str, int | None]]:
 
 
 _origin_parts = _pick_origin_parts()
-
-_STATE_NAMES = {state: state.value for state in CircuitState}
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -233,10 +230,12 @@ class _Gate(GateBase):
         asynchronous: bool,
     ) -> httpx.Response:
         """Settle or watch a response whose headers have arrived."""
-        state = breaker.permit_state(permit)
-        response.extensions[EXTENSION] = {"key": key, "state": _STATE_NAMES[state]}
         if not permit:
+            response.extensions[EXTENSION] = {"key": key, "state": "disabled"}
             return response
+        # Plain strings: hashing an enum member runs Python code on every request.
+        trial = breaker.is_trial(permit)
+        response.extensions[EXTENSION] = {"key": key, "state": "half_open" if trial else "closed"}
         status = response.status_code
         if self.settle_status(breaker, permit, request, status, response.headers, duration):
             return response
@@ -258,7 +257,7 @@ class _Gate(GateBase):
                     b"".join(stream),
                 )
             return response
-        if state is _HALF_OPEN:
+        if trial:
             # A long body must not hold the breaker half-open.
             breaker.trial_slot_free(permit)
         pending = _Pending(self, breaker, permit, request, response, duration, clock, tee)
@@ -343,7 +342,7 @@ class _Gate(GateBase):
         for name, value in fallback_headers(headers.keys(), error.retry_after):
             headers[name] = value
         marks = response.extensions.get(EXTENSION)
-        extension = {"key": key, "state": _STATE_NAMES[error.state], "fallback": True}
+        extension = {"key": key, "state": error.state.value, "fallback": True}
         if isinstance(marks, Mapping):
             extension.update(marks)
         response.extensions[EXTENSION] = extension

@@ -519,7 +519,7 @@ class _Gate(GateBase):
         if not permit:
             response.circuit_breaker = {"key": key, "state": "disabled"}  # type: ignore[attr-defined]
             return response
-        trial = permit in breaker._core.trials
+        trial = breaker.is_trial(permit)
         response.circuit_breaker = {  # type: ignore[attr-defined]
             "key": key,
             "state": "half_open" if trial else "closed",
