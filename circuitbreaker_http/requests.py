@@ -118,7 +118,6 @@ _BODY_FAILURE_ERRORS: tuple[type[BaseException], ...] = (
     ReadTimeoutError,
     Urllib3SSLError,
 )
-_HALF_OPEN = CircuitState.HALF_OPEN
 _HTTPResponse = urllib3.HTTPResponse
 _ORIGIN_CACHE_MAX = 4096
 _RETRY_POLL = 0.05  # seconds between looks at the breaker while urllib3 waits to retry
