@@ -37,7 +37,8 @@ from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
 from ._gate import GateBase, decide, settle
 from ._keys import KeyFunc
-from ._options import EXTENSION, current_options, request_options
+from ._options import EXTENSION, request_options
+from ._options import _current as _current_options
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
@@ -112,7 +113,7 @@ def _pick_origin_parts() -> Callable[[httpx.URL], tuple[str, str, int | None]]:
     return _private_origin_parts
 
 
-_origin_parts = _pick_origin_parts()
+_FAST_URL = _pick_origin_parts() is _private_origin_parts
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -154,7 +155,7 @@ class _Gate(GateBase):
     def route(self, request: httpx.Request) -> tuple[str, CircuitBreaker] | None:
         """Return the key and breaker for ``request``, or ``None`` to bypass."""
         extension = request.extensions.get(EXTENSION)
-        opts = current_options() if extension is None else request_options(extension)
+        opts = _current_options.get() if extension is None else request_options(extension)
         key: str | None = None
         if opts is not None:
             if opts.bypass:
@@ -171,7 +172,11 @@ class _Gate(GateBase):
         from_parts = self._from_parts
         if from_parts is None:
             return self.key(request.method, str(url))
-        scheme, host, port = _origin_parts(url)
+        if _FAST_URL:
+            ref = url._uri_reference  # see _pick_origin_parts
+            scheme, host, port = ref.scheme, ref.host, ref.port
+        else:
+            scheme, host, port = _public_origin_parts(url)
         if self._by_host:
             # Origins are few: cache them on the parsed parts, never on the path.
             parts = (scheme, host, port)
@@ -601,17 +606,26 @@ class CircuitBreakerTransport(httpx.BaseTransport):
         except CircuitOpenTransportError as exc:
             return self._short_circuit(request, key, exc)
         clock = breaker._clock
-        start = clock()
+        # Durations are read only when a slow-call rule or classify needs them.
+        timed = breaker._timed
+        start = clock() if timed else 0.0
         try:
             response = self.transport.handle_request(request)
         except Exception as exc:
-            gate.on_error(breaker, permit, request, exc, clock() - start)
+            gate.on_error(breaker, permit, request, exc, clock() - start if timed else 0.0)
             raise
         except BaseException:
             breaker.release(permit)
             raise
         return gate.on_response(
-            breaker, permit, key, request, response, clock() - start, clock, False
+            breaker,
+            permit,
+            key,
+            request,
+            response,
+            clock() - start if timed else 0.0,
+            clock,
+            False,
         )
 
     def _short_circuit(
@@ -672,17 +686,26 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
         except CircuitOpenTransportError as exc:
             return await self._short_circuit(request, key, exc)
         clock = breaker._clock
-        start = clock()
+        # Durations are read only when a slow-call rule or classify needs them.
+        timed = breaker._timed
+        start = clock() if timed else 0.0
         try:
             response = await self.transport.handle_async_request(request)
         except Exception as exc:
-            gate.on_error(breaker, permit, request, exc, clock() - start)
+            gate.on_error(breaker, permit, request, exc, clock() - start if timed else 0.0)
             raise
         except BaseException:
             breaker.release(permit)
             raise
         return gate.on_response(
-            breaker, permit, key, request, response, clock() - start, clock, True
+            breaker,
+            permit,
+            key,
+            request,
+            response,
+            clock() - start if timed else 0.0,
+            clock,
+            True,
         )
 
     async def _short_circuit(
