@@ -51,17 +51,15 @@ class CircuitOpenError(Exception):
         state: CircuitState,
         retry_after: float | None = None,
         message: str | None = None,
-        **kwargs: Any,
     ) -> None:
-        # Rejections are a hot path: the message is formatted only when read.
+        # Rejections are a hot path: the message is formatted only when read,
+        # and no base __init__ runs (``args`` is a property). Subclasses that
+        # mix in a client's exception set its attributes themselves.
         self.name = name
         self.state = state
         self.retry_after = retry_after
         if message is not None:
             self._message = message
-        if kwargs:
-            # A client exception mixed in after this class takes ``request=``.
-            super().__init__(self.message, **kwargs)
 
     @property
     def message(self) -> str:
