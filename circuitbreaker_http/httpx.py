@@ -90,30 +90,36 @@ class CircuitOpenTransportError(CircuitOpenError, httpx.TransportError):
 _MISSING = object()
 
 
-def _public_origin_parts(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.raw_host.decode("ascii"), url.port
+def _public_url_parts(url: httpx.URL) -> tuple[str, str, int | None, str]:
+    path = url.raw_path.decode("ascii", "replace").partition("?")[0]
+    return url.scheme, url.raw_host.decode("ascii"), url.port, path
 
 
-def _private_origin_parts(url: httpx.URL) -> tuple[str, str, int | None]:
+def _private_url_parts(url: httpx.URL) -> tuple[str, str, int | None, str]:
     # httpx keeps the parsed URL in ``_uri_reference``; reading it directly
     # costs a third of the public properties, which re-encode the host.
     ref = url._uri_reference
-    return ref.scheme, ref.host, ref.port
+    return ref.scheme, ref.host, ref.port, ref.path or "/"
 
 
-def _pick_origin_parts() -> Callable[[httpx.URL], tuple[str, str, int | None]]:
-    """Use the private fast path only if it agrees with the public API here."""
+def _private_url_parts_agree() -> bool:
+    """Whether the private fast path gives what the public API gives, in this httpx."""
     try:
-        for text in ("HTTP://B\u00fccher.Example:80/x?y", "https://[::1]:8443/", "http://h:81"):
+        for text in (
+            "HTTP://B\u00fccher.Example:80/x/%2F%20y?q=1#f",
+            "https://[::1]:8443/",
+            "http://h:81",
+            "http://h/caf\u00e9/a b",
+        ):
             url = httpx.URL(text)
-            if _private_origin_parts(url) != _public_origin_parts(url):
-                return _public_origin_parts
+            if _private_url_parts(url) != _public_url_parts(url):
+                return False
     except Exception:
-        return _public_origin_parts
-    return _private_origin_parts
+        return False
+    return True
 
 
-_FAST_URL = _pick_origin_parts() is _private_origin_parts
+_FAST_URL = _private_url_parts_agree()
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -152,8 +158,8 @@ class _Gate(GateBase):
         super().__init__(registry, fallback, wall_clock)
         self._key_cache: dict[tuple[str, str, int | None], object] = {}
 
-    def route(self, request: httpx.Request) -> tuple[str, CircuitBreaker] | None:
-        """Return the key and breaker for ``request``, or ``None`` to bypass."""
+    def route(self, request: httpx.Request) -> CircuitBreaker | None:
+        """Return the breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         extension = request.extensions.get(EXTENSION)
         opts = _current_options.get() if extension is None else request_options(extension)
         key: str | None = None
@@ -165,7 +171,7 @@ class _Gate(GateBase):
             key = self._key_of(request)
             if key is None:
                 return None
-        return key, self.registry.get(key)
+        return self.registry.get(key)
 
     def _key_of(self, request: httpx.Request) -> str | None:
         url = request.url
@@ -173,10 +179,10 @@ class _Gate(GateBase):
         if from_parts is None:
             return self.key(request.method, str(url))
         if _FAST_URL:
-            ref = url._uri_reference  # see _pick_origin_parts
+            ref = url._uri_reference  # see _private_url_parts_agree
             scheme, host, port = ref.scheme, ref.host, ref.port
         else:
-            scheme, host, port = _public_origin_parts(url)
+            scheme, host, port, _ = _public_url_parts(url)
         if self._by_host:
             # Origins are few: cache them on the parsed parts, never on the path.
             parts = (scheme, host, port)
@@ -188,8 +194,8 @@ class _Gate(GateBase):
                     cache.clear()  # rotating hosts must not grow memory
                 cache[parts] = key
             return key  # type: ignore[return-value]
-        raw_path = url.raw_path.decode("ascii", "replace").partition("?")[0]
-        return from_parts(request.method, scheme, host, port, raw_path)  # type: ignore[no-any-return]
+        path = (ref.path or "/") if _FAST_URL else _public_url_parts(url)[3]
+        return from_parts(request.method, scheme, host, port, path)  # type: ignore[no-any-return]
 
     # -- outcomes --------------------------------------------------------------
 
@@ -227,7 +233,6 @@ class _Gate(GateBase):
         self,
         breaker: CircuitBreaker,
         permit: int,
-        key: str,
         request: httpx.Request,
         response: httpx.Response,
         duration: float,
@@ -236,13 +241,19 @@ class _Gate(GateBase):
     ) -> httpx.Response:
         """Settle or watch a response whose headers have arrived."""
         if not permit:
-            response.extensions[EXTENSION] = {"key": key, "state": "disabled"}
+            response.extensions[EXTENSION] = {"key": breaker.name, "state": "disabled"}
             return response
+        # A closed-state permit is the breaker's fast permit: no method call for it.
+        trial = permit != breaker._core.fast_permit and breaker.is_trial(permit)
         # Plain strings: hashing an enum member runs Python code on every request.
-        trial = breaker.is_trial(permit)
-        response.extensions[EXTENSION] = {"key": key, "state": "half_open" if trial else "closed"}
+        response.extensions[EXTENSION] = {
+            "key": breaker.name,
+            "state": "half_open" if trial else "closed",
+        }
         status = response.status_code
-        if self.settle_status(breaker, permit, request, status, response.headers, duration):
+        if (
+            breaker._classify is not None or status in breaker.config.failure_statuses
+        ) and self.settle_status(breaker, permit, request, status, response.headers, duration):
             return response
         lkg = self.lkg
         tee = lkg is not None and self._storable(lkg, request, response)
@@ -597,14 +608,13 @@ class CircuitBreakerTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        routed = gate.route(request)
-        if routed is None:
+        breaker = gate.route(request)
+        if breaker is None:
             return self.transport.handle_request(request)
-        key, breaker = routed
         try:
             permit = breaker.acquire(CircuitOpenTransportError)
         except CircuitOpenTransportError as exc:
-            return self._short_circuit(request, key, exc)
+            return self._short_circuit(request, breaker.name, exc)
         clock = breaker._clock
         # Durations are read only when a slow-call rule or classify needs them.
         timed = breaker._timed
@@ -620,7 +630,6 @@ class CircuitBreakerTransport(httpx.BaseTransport):
         return gate.on_response(
             breaker,
             permit,
-            key,
             request,
             response,
             clock() - start if timed else 0.0,
@@ -677,14 +686,13 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        routed = gate.route(request)
-        if routed is None:
+        breaker = gate.route(request)
+        if breaker is None:
             return await self.transport.handle_async_request(request)
-        key, breaker = routed
         try:
             permit = breaker.acquire(CircuitOpenTransportError)
         except CircuitOpenTransportError as exc:
-            return await self._short_circuit(request, key, exc)
+            return await self._short_circuit(request, breaker.name, exc)
         clock = breaker._clock
         # Durations are read only when a slow-call rule or classify needs them.
         timed = breaker._timed
@@ -700,7 +708,6 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
         return gate.on_response(
             breaker,
             permit,
-            key,
             request,
             response,
             clock() - start if timed else 0.0,
