@@ -614,6 +614,9 @@ class CircuitBreakerTransport(httpx.BaseTransport):
         try:
             permit = breaker.acquire(CircuitOpenTransportError)
         except CircuitOpenTransportError as exc:
+            if gate.fallback is None:
+                exc.request = request
+                raise
             return self._short_circuit(request, breaker.name, exc)
         clock = breaker._clock
         # Durations are read only when a slow-call rule or classify needs them.
@@ -692,6 +695,9 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
         try:
             permit = breaker.acquire(CircuitOpenTransportError)
         except CircuitOpenTransportError as exc:
+            if gate.fallback is None:
+                exc.request = request
+                raise
             return await self._short_circuit(request, breaker.name, exc)
         clock = breaker._clock
         # Durations are read only when a slow-call rule or classify needs them.
