@@ -87,9 +87,6 @@ class CircuitOpenTransportError(CircuitOpenError, httpx.TransportError):
             self.request = request
 
 
-_MISSING = object()
-
-
 def _public_url_parts(url: httpx.URL) -> tuple[str, str, int | None, str]:
     path = url.raw_path.decode("ascii", "replace").partition("?")[0]
     return url.scheme, url.raw_host.decode("ascii"), url.port, path
@@ -156,7 +153,8 @@ class _Gate(GateBase):
         wall_clock: Callable[[], float],
     ) -> None:
         super().__init__(registry, fallback, wall_clock)
-        self._key_cache: dict[tuple[str, str, int | None], object] = {}
+        # host -> [(scheme, port, key)]: found without building a tuple per request.
+        self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
 
     def route(self, request: httpx.Request) -> CircuitBreaker | None:
         """Return the breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
@@ -185,15 +183,21 @@ class _Gate(GateBase):
             scheme, host, port, _ = _public_url_parts(url)
         if self._by_host:
             # Origins are few: cache them on the parsed parts, never on the path.
-            parts = (scheme, host, port)
-            key = self._key_cache.get(parts, _MISSING)
-            if key is _MISSING:
-                key = from_parts(request.method, scheme, host, port, "")
-                cache = self._key_cache
+            cache = self._key_cache
+            entries = cache.get(host)
+            if entries is not None:
+                for known_scheme, known_port, known_key in entries:
+                    if known_port == port and known_scheme == scheme:
+                        return known_key
+            key: str | None = from_parts(request.method, scheme, host, port, "")
+            if entries is not None and len(entries) < 8:
+                entries.append((scheme, port, key))
+            else:
+                # Rotating hosts (or ports of one host) must not grow memory.
                 if len(cache) >= 4096:
-                    cache.clear()  # rotating hosts must not grow memory
-                cache[parts] = key
-            return key  # type: ignore[return-value]
+                    cache.clear()
+                cache[host] = [(scheme, port, key)]
+            return key
         path = (ref.path or "/") if _FAST_URL else _public_url_parts(url)[3]
         return from_parts(request.method, scheme, host, port, path)  # type: ignore[no-any-return]
 
