@@ -452,6 +452,9 @@ class CircuitBreaker:
         if state is _FORCED_OPEN:
             raise error(self.name, _FORCED_OPEN, None)
         with self._lock:
+            if self._deferred:
+                # A dropped response's success may be what closes the breaker.
+                self._apply_deferred(now)
             permit = core.acquire(now)
             if permit is None:
                 state = core.state

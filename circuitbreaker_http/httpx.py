@@ -240,7 +240,7 @@ class _Gate(GateBase):
         request: httpx.Request,
         response: httpx.Response,
         duration: float,
-        clock: Callable[[], float],
+        clock: Callable[[], float] | None,
         asynchronous: bool,
     ) -> httpx.Response:
         """Settle or watch a response whose headers have arrived."""
@@ -397,7 +397,7 @@ class _Pending:
         request: httpx.Request,
         response: httpx.Response,
         duration: float,
-        clock: Callable[[], float],
+        clock: Callable[[], float] | None,
         tee: bool,
     ) -> None:
         self.gate = gate
@@ -497,22 +497,25 @@ class _SyncBody(_Body[httpx.SyncByteStream], httpx.SyncByteStream):
 
     def __next__(self) -> bytes:
         pending = self._pending
-        clock = pending.clock
-        began = clock()
+        clock = pending.clock  # None when no duration is ever read
+        began = clock() if clock is not None else 0.0
         try:
             chunk: bytes = next(self._iter)
         except StopIteration:
-            pending.upstream += clock() - began
+            if clock is not None:
+                pending.upstream += clock() - began
             pending.finish(complete=True)
             raise
         except Exception as exc:
-            pending.upstream += clock() - began
+            if clock is not None:
+                pending.upstream += clock() - began
             pending.error(exc)
             raise
         except BaseException:
             pending.cancel()
             raise
-        pending.upstream += clock() - began
+        if clock is not None:
+            pending.upstream += clock() - began
         if pending.chunks is not None:
             pending.add(chunk)
         return chunk
@@ -535,22 +538,25 @@ class _AsyncBody(_Body[httpx.AsyncByteStream], httpx.AsyncByteStream):
 
     async def __anext__(self) -> bytes:
         pending = self._pending
-        clock = pending.clock
-        began = clock()
+        clock = pending.clock  # None when no duration is ever read
+        began = clock() if clock is not None else 0.0
         try:
             chunk: bytes = await self._iter.__anext__()
         except StopAsyncIteration:
-            pending.upstream += clock() - began
+            if clock is not None:
+                pending.upstream += clock() - began
             pending.finish(complete=True)
             raise
         except Exception as exc:
-            pending.upstream += clock() - began
+            if clock is not None:
+                pending.upstream += clock() - began
             pending.error(exc)
             raise
         except BaseException:
             pending.cancel()
             raise
-        pending.upstream += clock() - began
+        if clock is not None:
+            pending.upstream += clock() - began
         if pending.chunks is not None:
             pending.add(chunk)
         return chunk
@@ -640,7 +646,7 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             request,
             response,
             clock() - start if timed else 0.0,
-            clock,
+            clock if timed else None,
             False,
         )
 
@@ -721,7 +727,7 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
             request,
             response,
             clock() - start if timed else 0.0,
-            clock,
+            clock if timed else None,
             True,
         )
 

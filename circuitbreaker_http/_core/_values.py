@@ -185,7 +185,12 @@ class BreakerConfig:
             raise ValueError(
                 f"BreakerConfig.failure_statuses must be an iterable of ints, got {statuses!r}"
             )
-        frozen = frozenset(statuses)
+        try:
+            frozen = frozenset(statuses)
+        except TypeError:  # an unhashable item: not an int either
+            raise ValueError(
+                f"BreakerConfig.failure_statuses must be an iterable of ints, got {statuses!r}"
+            ) from None
         for status in frozen:
             _check(
                 _is_int(status) and 100 <= status <= 999,
