@@ -32,7 +32,7 @@ _current: ContextVar[RequestOptions | None] = ContextVar(
 
 
 @contextmanager
-def options(*, bypass: bool | None = None, key: str | None = None) -> Iterator[RequestOptions]:
+def options(bypass: bool | None = None, key: str | None = None) -> Iterator[RequestOptions]:
     """Make the requests sent inside the block skip the breakers or use another key.
 
     It sets a ``contextvars`` value, so it follows each thread's and each task's

@@ -72,16 +72,18 @@ def parse_retry_after(
 
 
 def fallback_headers(present: Iterable[str], retry_after: float | None) -> list[tuple[str, str]]:
-    """Return the marking headers to add to a fallback response.
+    """Return the marking headers to set on a fallback response.
 
-    ``X-Circuit-Breaker: open`` always (unless present), and ``Retry-After`` in
-    whole seconds, rounded up, when a trial time is known and the fallback did
-    not set one itself.
+    ``X-Circuit-Breaker: open`` always (replacing any value the fallback set:
+    every fallback response carries it), and ``Retry-After`` in whole
+    seconds, rounded up, when a trial time is known and the fallback did not
+    set one itself.
     """
-    names = {name.lower() for name in present}
-    added: list[tuple[str, str]] = []
-    if "x-circuit-breaker" not in names:
-        added.append(("X-Circuit-Breaker", "open"))
-    if retry_after is not None and "retry-after" not in names and math.isfinite(retry_after):
+    added: list[tuple[str, str]] = [("X-Circuit-Breaker", "open")]
+    if (
+        retry_after is not None
+        and math.isfinite(retry_after)
+        and all(name.lower() != "retry-after" for name in present)
+    ):
         added.append(("Retry-After", str(max(0, math.ceil(retry_after)))))
     return added

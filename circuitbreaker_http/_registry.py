@@ -17,7 +17,7 @@ from threading import Lock
 from . import _clock
 from ._breaker import CircuitBreaker, StateListener
 from ._core import BreakerConfig, BreakerSnapshot, CircuitState
-from ._keys import KeyFunc, by_host, split_key
+from ._keys import KeyFunc, _encode_host, by_host, split_key
 
 __all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
@@ -98,6 +98,12 @@ def _compile_rule(pattern: str, config: BreakerConfig, order: int) -> Rule:
     if ":" in host and not host.startswith("["):
         # A bare IPv6 address without a port: keys carry it in brackets.
         host = f"[{host}]"
+    if not host.isascii():
+        # Keys carry hosts as they are sent (IDNA): encode each literal label.
+        host = ".".join(
+            label if label.isascii() or "*" in label else _encode_host(label)
+            for label in host.split(".")
+        )
     return Rule(
         pattern=pattern,
         config=config,

@@ -63,9 +63,10 @@ def test_nesting_overrides_only_the_fields_set() -> None:
     assert current_options() is None
 
 
-def test_options_is_keyword_only() -> None:
-    with pytest.raises(TypeError):
-        options(True)  # type: ignore[misc]
+def test_options_takes_its_arguments_by_position_too() -> None:
+    # API.md writes options(bypass=False, key=None), with no keyword-only marker.
+    with options(True, "k") as value:
+        assert value == RequestOptions(bypass=True, key="k")
 
 
 @pytest.mark.parametrize(

@@ -173,11 +173,12 @@ MARK = ("X-Circuit-Breaker", "open")
         ([], float("nan"), [MARK]),
         ([], float("inf"), [MARK]),
         (["Content-Type"], 5.0, [MARK, ("Retry-After", "5")]),
-        (["x-circuit-breaker"], 5.0, [("Retry-After", "5")]),
-        (["X-CIRCUIT-BREAKER"], None, []),
+        # Every fallback response says "open", whatever the fallback set.
+        (["x-circuit-breaker"], 5.0, [MARK, ("Retry-After", "5")]),
+        (["X-CIRCUIT-BREAKER"], None, [MARK]),
         (["Retry-After"], 5.0, [MARK]),
         (["retry-after"], 5.0, [MARK]),
-        (["RETRY-AFTER", "X-Circuit-Breaker"], 5.0, []),
+        (["RETRY-AFTER", "X-Circuit-Breaker"], 5.0, [MARK]),
         (["Retry-After"], None, [MARK]),
     ],
 )
@@ -190,4 +191,4 @@ def test_fallback_headers(
 def test_fallback_headers_take_any_iterable() -> None:
     names = (name for name in ["Retry-After", "Content-Type"])
     assert fallback_headers(names, 1.5) == [MARK]
-    assert fallback_headers({"x-circuit-breaker": "open"}.keys(), 1.5) == [("Retry-After", "2")]
+    assert fallback_headers({"x-circuit-breaker": "no"}.keys(), 1.5) == [MARK, ("Retry-After", "2")]

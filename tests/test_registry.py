@@ -609,3 +609,13 @@ def test_threads_racing_eviction_keep_the_bound() -> None:
             thread.join()
     assert errors == []
     assert len(registry) <= 20
+
+
+def test_a_non_ascii_rule_host_matches_the_idna_key() -> None:
+    # Keys carry hosts as clients send them (IDNA); a rule written in Unicode must match.
+    one = BreakerConfig(consecutive_failures=1)
+    two = BreakerConfig(consecutive_failures=2)
+    registry = BreakerRegistry(rules={"bücher.example": one, "*.bücher.example": two})
+    assert registry.config_for("https://xn--bcher-kva.example") is one
+    assert registry.config_for("https://api.xn--bcher-kva.example") is two
+    assert registry.config_for("https://other.example") is registry.default
