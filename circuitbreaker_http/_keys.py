@@ -102,8 +102,11 @@ class HostKey:
         return "by_host"
 
     def __call__(self, method: str, url: str) -> str | None:
-        """Return the origin key of ``url``."""
-        scheme, host, port, _ = _parse(url)
+        """Return the origin key of ``url`` (``None``, no breaker, if it cannot be read)."""
+        try:
+            scheme, host, port, _ = _parse(url)
+        except ValueError:
+            return None
         return self.from_parts(method, scheme, host, port, "")
 
     def from_parts(
@@ -189,8 +192,11 @@ class RouteKey:
         return template
 
     def __call__(self, method: str, url: str) -> str | None:
-        """Return the route key of ``url``."""
-        scheme, host, port, path = _parse(url)
+        """Return the route key of ``url`` (``None``, no breaker, if it cannot be read)."""
+        try:
+            scheme, host, port, path = _parse(url)
+        except ValueError:
+            return None
         return self.from_parts(method, scheme, host, port, path)
 
     def from_parts(

@@ -311,3 +311,13 @@ def test_split_key_round_trips_every_built_in_key() -> None:
     route_key = ROUTES("GET", "http://[::1]:9000/users/1")
     assert route_key is not None
     assert split_key(route_key) == ("http", "[::1]", 9000, "/users/{id}")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[zz]/"])
+def test_an_unreadable_url_gets_no_key_rather_than_an_error(url: str) -> None:
+    assert by_host("GET", url) is None
+    assert by_route("/x")("GET", url) is None
+
+
+def test_an_out_of_range_port_is_dropped_from_the_key() -> None:
+    assert by_host("GET", "http://h:99999999999/") == "http://h"
