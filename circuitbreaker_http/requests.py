@@ -348,8 +348,11 @@ class _BreakerRetry(Retry):
         if self.respect_retry_after_header and response is not None:
             try:
                 delay = self.get_retry_after(response)
-            except InvalidHeader:
-                delay = None  # garbage: the backoff applies, as the breaker ignores it too
+            except (InvalidHeader, ValueError, OverflowError):
+                # Garbage (urllib3 raises ValueError past 4300 digits, ValueError or
+                # OverflowError for a year out of range): the backoff applies, as
+                # the breaker ignores it too.
+                delay = None
         if not delay:
             delay = self.get_backoff_time()
         attempt.wait(delay, last_error)
@@ -764,19 +767,23 @@ class _WatchedResponse(urllib3.HTTPResponse):
 
     def _cb_settled(self) -> None:
         # Call last in a method: super() no longer works once the class is back.
+        # Always called through the class: a close() on another thread may have
+        # given the response its own class back already, just after a read.
         self._cb_pending = None
-        self.__class__ = self._cb_original  # type: ignore[assignment]
+        original = getattr(type(self), "_cb_original", None)
+        if original is not None:
+            self.__class__ = original
 
     def _cb_failed(self, pending: _Pending, exc: BaseException) -> None:
         pending.busy = False
-        self._cb_settled()
+        _WatchedResponse._cb_settled(self)
         if isinstance(exc, Exception):
             pending.error(exc)
         else:
             pending.cancel()  # KeyboardInterrupt and the like record nothing
 
     def _cb_ended(self, pending: _Pending) -> None:
-        self._cb_settled()
+        _WatchedResponse._cb_settled(self)
         pending.finish(self)
 
     def read(
@@ -801,14 +808,14 @@ class _WatchedResponse(urllib3.HTTPResponse):
                 finally:
                     pending.upstream += clock() - began
         except BaseException as exc:
-            self._cb_failed(pending, exc)
+            _WatchedResponse._cb_failed(self, pending, exc)
             raise
         pending.busy = False
         if data and pending.chunks is not None:
             pending.add(data, self.decode_content if decode_content is None else decode_content)
         # read() without amt reads to the end; an empty read with one means the end.
         if amt is None or amt < 0 or (not data and amt != 0) or _body_done(self):
-            self._cb_settled()
+            _WatchedResponse._cb_settled(self)
             pending.finish(self)
         return data
 
@@ -829,13 +836,13 @@ class _WatchedResponse(urllib3.HTTPResponse):
                 finally:
                     pending.upstream += clock() - began
         except BaseException as exc:
-            self._cb_failed(pending, exc)
+            _WatchedResponse._cb_failed(self, pending, exc)
             raise
         pending.busy = False
         if data and pending.chunks is not None:
             pending.add(data, self.decode_content if decode_content is None else decode_content)
         if (not data and amt != 0) or _body_done(self):
-            self._cb_ended(pending)
+            _WatchedResponse._cb_ended(self, pending)
         return data
 
     def read_chunked(
@@ -860,12 +867,12 @@ class _WatchedResponse(urllib3.HTTPResponse):
                         pending.upstream += clock() - began
                     pending.busy = False
                     if _body_done(self):
-                        self._cb_ended(pending)
+                        _WatchedResponse._cb_ended(self, pending)
                     return
                 except BaseException as exc:
                     if clock is not None:
                         pending.upstream += clock() - began
-                    self._cb_failed(pending, exc)
+                    _WatchedResponse._cb_failed(self, pending, exc)
                     raise
                 if clock is not None:
                     pending.upstream += clock() - began
@@ -886,7 +893,7 @@ class _WatchedResponse(urllib3.HTTPResponse):
         finally:
             # urllib3 also closes from inside a failing read: that read settles it.
             if pending is not None and not pending.busy:
-                self._cb_settled()
+                _WatchedResponse._cb_settled(self)
                 pending.finish(None)
 
     def __del__(self) -> None:
