@@ -401,22 +401,12 @@ class CircuitBreaker:
         except BaseException:
             self.release(permit)
             raise
-        if not permit:
-            return result
-        if self._timed:
-            self._succeeded(permit, start)
-            return result
-        lock = self._lock
-        lock.acquire()  # cheaper than ``with`` on the hot path
-        try:
-            core.success(permit, self._clock())
-            if not core.changes:
-                return result
-            drain = self._enqueue()
-        finally:
-            lock.release()
-        if drain:
-            self._drain()
+        if permit:
+            # An await costs far more than a method call: no inlining here.
+            if self._timed:
+                self._succeeded(permit, start)
+            else:
+                self.record(permit, False)
         return result
 
     @overload
