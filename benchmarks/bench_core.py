@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -35,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
+
+from _common import rotated, summary, version_of
 
 from circuitbreaker_http import BreakerConfig, CircuitBreaker, CircuitOpenError, CircuitState
 
@@ -382,16 +383,6 @@ PEERS: list[tuple[str, Callable[[], Contender]]] = [
 ]
 
 
-def version_of(dist: str) -> str:
-    """Return the installed version of ``dist``, or ``"?"``."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 # -- measuring ------------------------------------------------------------------
 
 
@@ -412,12 +403,6 @@ class Samples:
 
 
 BARE = "(bare)"
-
-
-def rotated(items: list[str], turn: int) -> list[str]:
-    """Return ``items`` rotated left by ``turn``: repeat ``r`` starts with item ``r``."""
-    k = turn % len(items)
-    return items[k:] + items[:k]
 
 
 def shared_run(contender: Contender, duration_s: float) -> Callable[[], float]:
@@ -484,15 +469,6 @@ def measure(contenders: list[Contender], mode: Mode, progress: bool) -> dict[str
 
 
 # -- reporting ------------------------------------------------------------------
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """Median and quartiles of ``values`` (quartiles are the extremes below 4 values)."""
-    if len(values) >= 4:
-        q1, _, q3 = statistics.quantiles(values, n=4)
-    else:
-        q1, q3 = min(values), max(values)
-    return {"median": statistics.median(values), "p25": q1, "p75": q3}
 
 
 def to_json(

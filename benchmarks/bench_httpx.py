@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import pstats
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +47,7 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 import httpx
+from _common import rotated, summary, version_of
 
 from circuitbreaker_http import CircuitOpenError, FallbackResponse, by_route
 from circuitbreaker_http.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
@@ -423,23 +423,7 @@ def build_peer(s: Setup) -> None:
         s.closers.append(functools.partial(runner.close_client, aclient))
 
 
-def version_of(dist: str) -> str:
-    """Return the installed version of ``dist``, or ``"?"``."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 # -- measuring --------------------------------------------------------------------
-
-
-def rotated(items: list[str], turn: int) -> list[str]:
-    """Return ``items`` rotated left by ``turn``: repeat ``r`` starts with item ``r``."""
-    k = turn % len(items)
-    return items[k:] + items[:k]
 
 
 Samples = dict[str, list[float]]
@@ -511,15 +495,6 @@ def measure(s: Setup, mode: Mode, progress: bool) -> Samples:
 
 
 # -- reporting ----------------------------------------------------------------------
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """Median and quartiles of ``values`` (quartiles are the extremes below 4 values)."""
-    if len(values) >= 4:
-        q1, _, q3 = statistics.quantiles(values, n=4)
-    else:
-        q1, q3 = min(values), max(values)
-    return {"median": statistics.median(values), "p25": q1, "p75": q3}
 
 
 def to_json(s: Setup, samples: Samples, mode: Mode, seconds: float) -> dict[str, Any]:

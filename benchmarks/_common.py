@@ -1,0 +1,36 @@
+"""Helpers every benchmark script shares: interleaving, versions and summaries.
+
+The scripts run as ``python benchmarks/bench_*.py``, so this folder is on
+``sys.path`` and ``import _common`` finds this module.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+__all__ = ["rotated", "summary", "version_of"]
+
+
+def rotated(items: list[str], turn: int) -> list[str]:
+    """Return ``items`` rotated left by ``turn``: repeat ``r`` starts with item ``r``."""
+    k = turn % len(items)
+    return items[k:] + items[:k]
+
+
+def version_of(dist: str) -> str:
+    """Return the installed version of ``dist``, or ``"?"``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and quartiles of ``values`` (quartiles are the extremes below 4 values)."""
+    if len(values) >= 4:
+        q1, _, q3 = statistics.quantiles(values, n=4)
+    else:
+        q1, q3 = min(values), max(values)
+    return {"median": statistics.median(values), "p25": q1, "p75": q3}
