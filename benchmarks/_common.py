@@ -7,8 +7,41 @@ The scripts run as ``python benchmarks/bench_*.py``, so this folder is on
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
 
-__all__ = ["rotated", "summary", "version_of"]
+__all__ = ["Loop", "call_loop", "call_loop_rejected", "rotated", "summary", "version_of"]
+
+Loop = Callable[[int], None]
+"""A tight loop: ``loop(n)`` makes ``n`` calls."""
+
+
+def call_loop(fn: Callable[[Any], object], arg: object) -> Loop:
+    """Loop over ``fn(arg)``, with both bound to locals so only the call is measured."""
+
+    def loop(n: int) -> None:
+        f, a = fn, arg
+        for _ in repeat(None, n):
+            f(a)
+
+    return loop
+
+
+def call_loop_rejected(
+    fn: Callable[[Any], object], arg: object, error: type[BaseException]
+) -> Loop:
+    """Loop over a rejected ``fn(arg)``, catching ``error``."""
+
+    def loop(n: int) -> None:
+        f, a, exc = fn, arg, error
+        for _ in repeat(None, n):
+            try:  # noqa: SIM105 - contextlib.suppress would cost more than what is measured
+                f(a)
+            except exc:
+                pass
+
+    return loop
 
 
 def rotated(items: list[str], turn: int) -> list[str]:

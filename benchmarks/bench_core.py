@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from _common import rotated, summary, version_of
+from _common import Loop, call_loop, call_loop_rejected, rotated, summary, version_of
 
 from circuitbreaker_http import BreakerConfig, CircuitBreaker, CircuitOpenError, CircuitState
 
@@ -52,7 +52,6 @@ OPEN_FOR_S = 3600.0  # open periods far longer than any run
 FAILS_TO_TRIP = 5
 CHUNK = 10_000  # loop iterations between two looks at the time budget
 
-Loop = Callable[[int], None]
 """Runs its operation ``n`` times in a tight loop."""
 
 Op = Callable[[], object]
@@ -114,17 +113,6 @@ def loop_call0(fn: Callable[[], object]) -> Loop:
     return loop
 
 
-def loop_call1(call: Callable[[Callable[[], int]], object], fn: Callable[[], int]) -> Loop:
-    """Loop over ``call(fn)``: a breaker's ``call`` method."""
-
-    def loop(n: int) -> None:
-        c, f = call, fn
-        for _ in repeat(None, n):
-            c(f)
-
-    return loop
-
-
 def loop_reject0(fn: Callable[[], object], error: type[BaseException]) -> Loop:
     """Loop over a rejected ``fn()``, catching ``error``."""
 
@@ -133,22 +121,6 @@ def loop_reject0(fn: Callable[[], object], error: type[BaseException]) -> Loop:
         for _ in repeat(None, n):
             try:  # noqa: SIM105 - contextlib.suppress would cost more than what is measured
                 g()
-            except exc:
-                pass
-
-    return loop
-
-
-def loop_reject1(
-    call: Callable[[Callable[[], int]], object], fn: Callable[[], int], error: type[BaseException]
-) -> Loop:
-    """Loop over a rejected ``call(fn)``, catching ``error``."""
-
-    def loop(n: int) -> None:
-        c, f, exc = call, fn, error
-        for _ in repeat(None, n):
-            try:  # noqa: SIM105 - contextlib.suppress would cost more than what is measured
-                c(f)
             except exc:
                 pass
 
@@ -289,8 +261,8 @@ def ours() -> Contender:
 
     return Contender(
         OURS,
-        closed=loop_call1(closed.call, const),
-        rejected=loop_reject1(tripped.call, const, CircuitOpenError),
+        closed=call_loop(closed.call, const),
+        rejected=call_loop_rejected(tripped.call, const, CircuitOpenError),
         shared_op=shared_op,
         via="CircuitBreaker.call(f); open = tripped by 5 consecutive failures",
     )
@@ -311,8 +283,8 @@ def pybreaker_() -> Contender:
 
     return Contender(
         "pybreaker",
-        closed=loop_call1(closed.call, const),
-        rejected=loop_reject1(tripped.call, const, error),
+        closed=call_loop(closed.call, const),
+        rejected=call_loop_rejected(tripped.call, const, error),
         shared_op=shared_op,
         via="CircuitBreaker.call(f); open = tripped by 5 failures",
     )
@@ -369,8 +341,8 @@ def interlock_() -> Contender:
 
     return Contender(
         "interlock-cb",
-        closed=loop_call1(closed.call_sync, const),
-        rejected=loop_reject1(tripped.call_sync, const, error),
+        closed=call_loop(closed.call_sync, const),
+        rejected=call_loop_rejected(tripped.call_sync, const, error),
         shared_op=shared_op,
         via="CircuitBreaker.call_sync(f); open = tripped by a 100% failure rate over 5 calls",
     )

@@ -47,7 +47,7 @@ from itertools import repeat
 from typing import Any, TypeVar
 
 import httpx
-from _common import rotated, summary, version_of
+from _common import Loop, call_loop, call_loop_rejected, rotated, summary, version_of
 
 from circuitbreaker_http import CircuitOpenError, FallbackResponse, by_route
 from circuitbreaker_http.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
@@ -68,7 +68,6 @@ CHUNK_REQUESTS = 50  # requests between two looks at the time budget
 CHUNK_KEYS = 10_000  # keying calls between two looks at the time budget
 CHUNK_TRANSPORT = 200  # transport calls between two looks at the time budget
 
-Loop = Callable[[int], None]
 """Runs its operation ``n`` times in a tight loop."""
 
 AsyncLoop = Callable[[int], Awaitable[None]]
@@ -143,33 +142,6 @@ def async_get_rejected(client: httpx.AsyncClient, error: type[BaseException]) ->
         for _ in repeat(None, n):
             try:  # noqa: SIM105 - contextlib.suppress would cost more than what is measured
                 await get(url)
-            except exc:
-                pass
-
-    return loop
-
-
-def call_loop(fn: Callable[[Any], object], arg: object) -> Loop:
-    """Loop over ``fn(arg)``."""
-
-    def loop(n: int) -> None:
-        f, a = fn, arg
-        for _ in repeat(None, n):
-            f(a)
-
-    return loop
-
-
-def call_loop_rejected(
-    fn: Callable[[Any], object], arg: object, error: type[BaseException]
-) -> Loop:
-    """Loop over a rejected ``fn(arg)``, catching ``error``."""
-
-    def loop(n: int) -> None:
-        f, a, exc = fn, arg, error
-        for _ in repeat(None, n):
-            try:  # noqa: SIM105 - contextlib.suppress would cost more than what is measured
-                f(a)
             except exc:
                 pass
 

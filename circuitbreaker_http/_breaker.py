@@ -278,10 +278,7 @@ class CircuitBreaker:
         """The state ``permit`` was let through in: closed, half-open (a trial) or disabled."""
         if not permit:
             return _DISABLED
-        core = self._core
-        if permit == core.fast_permit or permit not in core.trials:
-            return _CLOSED
-        return _HALF_OPEN
+        return _HALF_OPEN if self.is_trial(permit) else _CLOSED
 
     def release(self, permit: int) -> None:
         """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream)."""

@@ -156,6 +156,24 @@ class _Gate(GateBase):
         # host -> [(scheme, port, key)]: found without building a tuple per request.
         self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
 
+    @classmethod
+    def build(
+        cls,
+        registry: BreakerRegistry | None,
+        config: BreakerConfig | None,
+        rules: Mapping[str, BreakerConfig] | None,
+        key: KeyFunc | None,
+        fallback: Fallback,
+        wall_clock: Callable[[], float],
+        allow_async: bool,
+    ) -> _Gate:
+        """The gate of one transport, from the transport's own arguments."""
+        return cls(
+            registry_from(registry, config, rules, key),
+            _check_fallback(fallback, allow_async),
+            wall_clock,
+        )
+
     def route(self, request: httpx.Request) -> CircuitBreaker | None:
         """Return the breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         extension = request.extensions.get(EXTENSION)
@@ -612,8 +630,8 @@ class CircuitBreakerTransport(httpx.BaseTransport):
                 f"HTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
             )
         self.transport = transport
-        self.registry = registry_from(registry, config, rules, key)
-        self._gate = _Gate(self.registry, _check_fallback(fallback, False), wall_clock)
+        self._gate = _Gate.build(registry, config, rules, key, fallback, wall_clock, False)
+        self.registry = self._gate.registry
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its breaker (httpx calls this)."""
@@ -693,8 +711,8 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
                 f"AsyncHTTPTransport options {sorted(kwargs)} cannot apply to an explicit transport"
             )
         self.transport = transport
-        self.registry = registry_from(registry, config, rules, key)
-        self._gate = _Gate(self.registry, _check_fallback(fallback, True), wall_clock)
+        self._gate = _Gate.build(registry, config, rules, key, fallback, wall_clock, True)
+        self.registry = self._gate.registry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through its breaker (httpx calls this)."""

@@ -240,17 +240,25 @@ class Upstream:
         return httpx.Response(200, headers=headers, content=b"ok")
 
 
+def _registry_for(
+    config: BreakerConfig, clock: ManualClock | None, kwargs: dict[str, Any]
+) -> BreakerRegistry:
+    """The ``registry=`` in ``kwargs`` (removed from it), or a new one on a manual clock."""
+    registry: BreakerRegistry | None = kwargs.pop("registry", None)
+    if registry is None:  # (an empty registry is falsy: it has a length)
+        registry = BreakerRegistry(
+            config, clock=clock or ManualClock(), key=kwargs.pop("key", by_host)
+        )
+    return registry
+
+
 def make_client(
     upstream: Callable[[httpx.Request], Any],
     config: BreakerConfig = TRIP1,
     clock: ManualClock | None = None,
     **kwargs: Any,
 ) -> tuple[httpx.Client, BreakerRegistry]:
-    registry = kwargs.pop("registry", None)
-    if registry is None:  # (an empty registry is falsy: it has a length)
-        registry = BreakerRegistry(
-            config, clock=clock or ManualClock(), key=kwargs.pop("key", by_host)
-        )
+    registry = _registry_for(config, clock, kwargs)
     transport = CircuitBreakerTransport(httpx.MockTransport(upstream), registry=registry, **kwargs)
     return httpx.Client(transport=transport, base_url=BASE), registry
 
@@ -261,11 +269,7 @@ def make_async_client(
     clock: ManualClock | None = None,
     **kwargs: Any,
 ) -> tuple[httpx.AsyncClient, BreakerRegistry]:
-    registry = kwargs.pop("registry", None)
-    if registry is None:  # (an empty registry is falsy: it has a length)
-        registry = BreakerRegistry(
-            config, clock=clock or ManualClock(), key=kwargs.pop("key", by_host)
-        )
+    registry = _registry_for(config, clock, kwargs)
     transport = AsyncCircuitBreakerTransport(
         httpx.MockTransport(upstream), registry=registry, **kwargs
     )
