@@ -1,10 +1,10 @@
-"""``python -m circuitbreaker_http demo``: see :mod:`circuitbreaker_http._demo`."""
+"""``python -m circuitbreaker_http``: the command line of :mod:`circuitbreaker_http.cli`."""
 
 from __future__ import annotations
 
 import sys
 
-from ._demo import main
+from .cli import main
 
 __all__ = ["main"]
 

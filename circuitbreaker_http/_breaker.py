@@ -75,8 +75,6 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
-        "_classify",
-        "_clock",
         "_core",
         "_deferred",
         "_dispatching",
@@ -84,9 +82,11 @@ class CircuitBreaker:
         "_lock",
         "_queue",
         "_slow_after",
-        "_timed",
+        "classifier",
+        "clock",
         "config",
         "name",
+        "timed",
     )
 
     def __init__(
@@ -110,7 +110,8 @@ class CircuitBreaker:
             raise TypeError(f"on_state_change must be callable, got {on_state_change!r}")
         self.name = name
         self.config = config
-        self._clock = clock
+        #: The clock every duration of this breaker is read from (read-only).
+        self.clock = clock
         self._listener = on_state_change
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
@@ -118,10 +119,12 @@ class CircuitBreaker:
         # Outcomes settled from a finaliser, which must never take the lock.
         self._deferred: deque[tuple[int, bool]] = deque()
         self._dispatching = False
-        self._classify = config.classify
+        #: The configured ``classify`` hook, or ``None`` (read-only).
+        self.classifier = config.classify
         self._slow_after = config.slow_call_duration
-        # Durations are measured only when something reads them.
-        self._timed = self._slow_after is not None or self._classify is not None
+        #: Whether outcomes need a duration (a slow-call rule or ``classify``);
+        #: when ``False`` the integrations read no clock at all (read-only).
+        self.timed = self._slow_after is not None or self.classifier is not None
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._core.state.value}>"
@@ -133,7 +136,7 @@ class CircuitBreaker:
         """The current state (an open breaker whose period has ended turns half-open here)."""
         core = self._core
         with self._lock:
-            now = self._clock()
+            now = self.clock()
             if self._deferred:
                 self._apply_deferred(now)
             core.poll(now)
@@ -147,7 +150,7 @@ class CircuitBreaker:
         """Return a consistent view of the breaker: state, window counts, time to retry."""
         core = self._core
         with self._lock:
-            now = self._clock()
+            now = self.clock()
             if self._deferred:
                 self._apply_deferred(now)
             snap = core.snapshot(now)
@@ -159,7 +162,7 @@ class CircuitBreaker:
     def export_state(self) -> CoreState:
         """Return the breaker's state as a plain value (window buckets, state, open-until)."""
         with self._lock:
-            return self._core.export(self._clock())
+            return self._core.export(self.clock())
 
     def next_transition_at(self) -> float | None:
         """The clock reading at which time alone would change the state, if any."""
@@ -183,7 +186,7 @@ class CircuitBreaker:
     def _manual(self, action: Callable[[BreakerCore, float], None]) -> None:
         core = self._core
         with self._lock:
-            action(core, self._clock())
+            action(core, self.clock())
             drain = self._enqueue() if core.changes else False
         if drain:
             self._drain()
@@ -232,7 +235,7 @@ class CircuitBreaker:
         lock = self._lock
         lock.acquire()  # cheaper than ``with`` on the hot path
         try:
-            now = self._clock()
+            now = self.clock()
             if self._deferred:
                 self._apply_deferred(now)
             if failed or slow:
@@ -275,10 +278,30 @@ class CircuitBreaker:
         return permit != core.fast_permit and permit in core.trials
 
     def permit_state(self, permit: int) -> CircuitState:
-        """The state ``permit`` was let through in: closed, half-open (a trial) or disabled."""
+        """The state ``permit`` was let through in: closed, half-open (a trial) or disabled.
+
+        Ask right after :meth:`acquire`: a closed permit is the closed period's
+        own number, so once the breaker has moved on only a trial's stays
+        recognisable.
+        """
         if not permit:
             return _DISABLED
-        return _HALF_OPEN if self.is_trial(permit) else _CLOSED
+        return _CLOSED if permit == self._core.fast_permit else _HALF_OPEN
+
+    def is_current(self, permit: int) -> bool:
+        """Whether the closed (or disabled) period ``permit`` was let through in is still on.
+
+        Lock-free; a half-open trial's permit is never current in this sense.
+        """
+        return permit == self._core.fast_permit
+
+    def protected(self, now: float) -> bool:
+        """Whether a registry must keep this breaker: set by hand, or open until after ``now``."""
+        core = self._core
+        state = core.state
+        if state is _FORCED_OPEN or state is _DISABLED:
+            return True
+        return state is _OPEN and now < core.open_until
 
     def release(self, permit: int) -> None:
         """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream)."""
@@ -301,7 +324,7 @@ class CircuitBreaker:
 
     def classify(self, info: CallInfo) -> Verdict | None:
         """Ask the configured ``classify`` hook; one that raises is logged and yields ``None``."""
-        hook = self._classify
+        hook = self.classifier
         if hook is None:
             return None
         try:
@@ -332,7 +355,7 @@ class CircuitBreaker:
         permit = core.fast_permit
         if permit is None:
             permit = self._admit()
-        if self._timed:
+        if self.timed:
             return self._call_timed(permit, fn, *args, **kwargs)
         try:
             result = fn(*args, **kwargs)
@@ -348,7 +371,7 @@ class CircuitBreaker:
         lock = self._lock
         lock.acquire()  # cheaper than ``with`` on the hot path
         try:
-            core.success(permit, self._clock())
+            core.success(permit, self.clock())
             if not core.changes:
                 return result
             drain = self._enqueue()
@@ -361,7 +384,7 @@ class CircuitBreaker:
     def _call_timed(
         self, permit: int, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        start = self._clock()
+        start = self.clock()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -389,7 +412,7 @@ class CircuitBreaker:
         permit = core.fast_permit
         if permit is None:
             permit = self._admit()
-        start = self._clock() if self._timed else 0.0
+        start = self.clock() if self.timed else 0.0
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
@@ -400,7 +423,7 @@ class CircuitBreaker:
             raise
         if permit:
             # An await costs far more than a method call: no inlining here.
-            if self._timed:
+            if self.timed:
                 self._succeeded(permit, start)
             else:
                 self.record(permit, False)
@@ -430,7 +453,7 @@ class CircuitBreaker:
 
     def _admit(self, error: type[CircuitOpenError] = CircuitOpenError) -> int:
         core = self._core
-        now = self._clock()
+        now = self.clock()
         # An open breaker rejects without the lock: a stale read only ever
         # rejects a call that was rejectable an instant ago.
         state = core.state
@@ -458,8 +481,8 @@ class CircuitBreaker:
             self.release(permit)
             return
         failed = True
-        duration = self._clock() - start if self._timed else None
-        if self._classify is not None:
+        duration = self.clock() - start if self.timed else None
+        if self.classifier is not None:
             verdict = self.classify(CallInfo(self.name, "", "", None, None, exc, duration or 0.0))
             if verdict is Verdict.IGNORE:
                 self.release(permit)
@@ -468,9 +491,9 @@ class CircuitBreaker:
         self.record(permit, failed, duration)
 
     def _succeeded(self, permit: int, start: float) -> None:
-        duration = self._clock() - start
+        duration = self.clock() - start
         failed = False
-        if self._classify is not None:
+        if self.classifier is not None:
             verdict = self.classify(CallInfo(self.name, "", "", None, None, None, duration))
             if verdict is Verdict.IGNORE:
                 self.release(permit)

@@ -37,7 +37,7 @@ def decide(
     or a ``classify`` that raised, leaves the decision to ``default`` (what
     the status or exception rules say).
     """
-    if breaker._classify is not None:
+    if breaker.classifier is not None:
         verdict = breaker.classify(
             CallInfo(breaker.name, method, url, status, headers, error, duration)
         )
@@ -110,7 +110,7 @@ class GateBase:
         which settles when its body ends.
         """
         failed: bool | None = status in breaker.config.failure_statuses
-        if breaker._classify is not None:
+        if breaker.classifier is not None:
             method, url = self.describe(request)
             failed = decide(breaker, method, url, status, headers, None, duration, failed)
             if failed is None:

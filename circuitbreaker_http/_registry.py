@@ -16,12 +16,11 @@ from threading import Lock
 
 from . import _clock
 from ._breaker import CircuitBreaker, StateListener
-from ._core import BreakerConfig, BreakerSnapshot, CircuitState
+from ._core import BreakerConfig, BreakerSnapshot
 from ._keys import KeyFunc, _encode_host, by_host, split_key
 
 __all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
-_PROTECTED = (CircuitState.FORCED_OPEN, CircuitState.DISABLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +236,7 @@ class BreakerRegistry:
         now = self._clock()
         candidates = []
         for key, breaker in self._breakers.items():
-            if key == keep or self._protected(breaker, now):
+            if key == keep or breaker.protected(now):
                 continue
             candidates.append((used.get(key, -1), key))
         # Batches of a tenth keep eviction amortised O(log n) per creation.
@@ -251,14 +250,6 @@ class BreakerRegistry:
         # iterating ``used``, which a lock-free get() may write to meanwhile;
         # a get() racing this may have re-marked a dropped key.
         self._used = {k: used.get(k, -1) for k in breakers}
-
-    @staticmethod
-    def _protected(breaker: CircuitBreaker, now: float) -> bool:
-        core = breaker._core
-        state = core.state
-        if state in _PROTECTED:
-            return True
-        return state is CircuitState.OPEN and now < core.open_until
 
 
 def registry_from(

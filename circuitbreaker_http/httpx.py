@@ -266,7 +266,7 @@ class _Gate(GateBase):
             response.extensions[EXTENSION] = {"key": breaker.name, "state": "disabled"}
             return response
         # A closed-state permit is the breaker's fast permit: no method call for it.
-        trial = permit != breaker._core.fast_permit and breaker.is_trial(permit)
+        trial = breaker.permit_state(permit) is CircuitState.HALF_OPEN
         # Plain strings: hashing an enum member runs Python code on every request.
         response.extensions[EXTENSION] = {
             "key": breaker.name,
@@ -274,7 +274,7 @@ class _Gate(GateBase):
         }
         status = response.status_code
         if (
-            breaker._classify is not None or status in breaker.config.failure_statuses
+            breaker.classifier is not None or status in breaker.config.failure_statuses
         ) and self.settle_status(breaker, permit, request, status, response.headers, duration):
             return response
         lkg = self.lkg
@@ -646,9 +646,9 @@ class CircuitBreakerTransport(httpx.BaseTransport):
                 exc.request = request
                 raise
             return self._short_circuit(request, breaker.name, exc)
-        clock = breaker._clock
+        clock = breaker.clock
         # Durations are read only when a slow-call rule or classify needs them.
-        timed = breaker._timed
+        timed = breaker.timed
         start = clock() if timed else 0.0
         try:
             response = self.transport.handle_request(request)
@@ -727,9 +727,9 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
                 exc.request = request
                 raise
             return await self._short_circuit(request, breaker.name, exc)
-        clock = breaker._clock
+        clock = breaker.clock
         # Durations are read only when a slow-call rule or classify needs them.
-        timed = breaker._timed
+        timed = breaker.timed
         start = clock() if timed else 0.0
         try:
             response = await self.transport.handle_async_request(request)

@@ -224,7 +224,7 @@ class _Attempt:
         self.clock = clock
         # A closed-state permit is the cycle itself (DISABLED's is 0): anything
         # else is a half-open trial.
-        self.trial = permit != breaker._core.fast_permit
+        self.trial = not breaker.is_current(permit)
         self.slept = 0.0
         self.last_status: int | None = None
         self.last_headers: Any = None
@@ -238,7 +238,7 @@ class _Attempt:
         """
         breaker = self.breaker
         permit = self.permit
-        if breaker._core.fast_permit == permit:
+        if breaker.is_current(permit):
             return
         try:
             fresh = breaker.acquire()
@@ -247,7 +247,7 @@ class _Attempt:
         # The old permit's period is over, so it records nothing either way.
         breaker.release(permit)
         self.permit = fresh
-        self.trial = fresh != breaker._core.fast_permit
+        self.trial = not breaker.is_current(fresh)
 
     def wait(self, delay: float, last_error: Exception | None) -> None:
         """Sleep ``delay`` seconds before the next attempt, stopping when the breaker opens."""
@@ -489,7 +489,7 @@ class _Gate(GateBase):
             return
         default = True if _is_failure(exc) else None
         failed = default
-        if breaker._classify is not None:
+        if breaker.classifier is not None:
             failed = decide(
                 breaker,
                 request.method or "",
@@ -1034,7 +1034,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
                 gate, key, breaker, permit, request, stream, timeout, verify, cert, proxies
             )
         # Durations are measured only when the breaker reads them (slow calls, classify).
-        clock = breaker._clock if breaker._timed else None
+        clock = breaker.clock if breaker.timed else None
         start = 0.0 if clock is None else clock()
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
@@ -1061,8 +1061,8 @@ class CircuitBreakerAdapter(HTTPAdapter):
         proxies: Any,
     ) -> requests.Response:
         """``send`` for an adapter whose ``max_retries`` may retry: the breaker rules each retry."""
-        timed = breaker._timed
-        clock = breaker._clock
+        timed = breaker.timed
+        clock = breaker.clock
         attempt = _Attempt(breaker, permit, clock)
         token = _ATTEMPT.set(attempt)
         start = clock() if timed else 0.0

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from circuitbreaker_http._flaky import FlakyServer
+from circuitbreaker_http.testing._server import FlakyServer
 
 
 @pytest.fixture

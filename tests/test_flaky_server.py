@@ -12,7 +12,7 @@ import httpx
 import pytest
 import requests
 
-from circuitbreaker_http._flaky import MODES, FlakyServer
+from circuitbreaker_http.testing._server import MODES, FlakyServer
 
 JOIN = 5.0  # seconds: the bound on every thread join in this module
 

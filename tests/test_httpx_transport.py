@@ -34,9 +34,9 @@ from circuitbreaker_http import (
     by_route,
     options,
 )
-from circuitbreaker_http._flaky import FlakyServer
 from circuitbreaker_http.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from circuitbreaker_http.testing import ManualClock
+from circuitbreaker_http.testing._server import FlakyServer
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN

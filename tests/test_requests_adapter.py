@@ -611,7 +611,7 @@ def test_last_known_good_keeps_a_gzip_body_readable(decoded: bool) -> None:
         request,
         adapter.build_response(request, raw),
         0.0,
-        breaker._clock,
+        breaker.clock,
     )
     if decoded:
         assert response.content == plain  # requests decodes

@@ -8,7 +8,6 @@ second tallies what each host answered; a summary closes the run.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -16,11 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ._core import BreakerConfig, StateChange
-from ._errors import CircuitOpenError
-from ._fallback import LastKnownGood
-from ._flaky import FlakyServer
-from ._registry import BreakerRegistry
+from .._core import BreakerConfig, StateChange
+from .._errors import CircuitOpenError
+from .._fallback import LastKnownGood
+from .._registry import BreakerRegistry
+from ..testing import FlakyServer
 
 __all__ = ["run_demo"]
 
@@ -124,7 +123,7 @@ def run_demo(duration: float = 30.0, rate: float = 20.0, out: TextIO | None = No
     """
     import httpx
 
-    from .httpx import CircuitBreakerTransport
+    from ..httpx import CircuitBreakerTransport
 
     out = out or sys.stdout
     color = out.isatty()
@@ -227,35 +226,3 @@ def run_demo(duration: float = 30.0, rate: float = 20.0, out: TextIO | None = No
             f"  {rejected} requests were answered at once instead of waiting on a failing upstream"
         )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m circuitbreaker_http``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m circuitbreaker_http",
-        description="circuitbreaker-http command line.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="run the demo: a flaky loopback upstream and an httpx client through the breakers",
-    )
-    demo.add_argument(
-        "--duration", type=float, default=30.0, help="seconds to run (default 30, min 2, max 600)"
-    )
-    demo.add_argument(
-        "--rate",
-        type=float,
-        default=20.0,
-        help="requests per second per host (default 20, max 200)",
-    )
-    args = parser.parse_args(argv)
-    if not 2.0 <= args.duration <= 600.0:
-        parser.error("--duration must be between 2 and 600 seconds")
-    if not 0.5 <= args.rate <= 200.0:
-        parser.error("--rate must be between 0.5 and 200")
-    try:
-        import httpx  # noqa: F401
-    except ImportError:
-        parser.exit(2, 'the demo needs httpx: pip install "circuitbreaker-http[demo]"\n')
-    return run_demo(duration=args.duration, rate=args.rate)

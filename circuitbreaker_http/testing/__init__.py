@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from ._flaky import FlakyServer
+from ._server import FlakyServer
 
 __all__ = ["FlakyServer", "ManualClock"]
 

@@ -1,0 +1,53 @@
+"""The ``circuitbreaker-http`` command (also ``python -m circuitbreaker_http``).
+
+Each command lives in a module of its own and is imported only when it runs,
+so ``--help`` and ``--version`` need no extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="circuitbreaker-http",
+        description="circuitbreaker-http command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"circuitbreaker-http {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run the demo: a flaky loopback upstream and an httpx client through the breakers",
+    )
+    demo.add_argument(
+        "--duration", type=float, default=30.0, help="seconds to run (default 30, min 2, max 600)"
+    )
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="requests per second per host (default 20, max 200)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 2.0 <= args.duration <= 600.0:
+        parser.error("--duration must be between 2 and 600 seconds")
+    if not 0.5 <= args.rate <= 200.0:
+        parser.error("--rate must be between 0.5 and 200")
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        parser.exit(2, 'the demo needs httpx: pip install "circuitbreaker-http[demo]"\n')
+    from ._demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate)
