@@ -1,0 +1,626 @@
+"""The httpx transports, written once for httpx and its fork httpx2.
+
+httpx2 keeps httpx's API under another module name, so one implementation
+serves both: :class:`Flavour` holds the client module's classes, and
+:func:`build` makes the public classes of one client module
+(``circuitbreaker_http.httpx``, ``circuitbreaker_http.httpx2``) from the
+mixins below. Everything about a request's outcome is decided by
+:class:`~circuitbreaker_http._outcome.Outcome`; this module only turns httpx's
+objects into its inputs and wraps the response stream.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from . import _clock
+from ._breaker import CircuitBreaker
+from ._core import BreakerConfig, CircuitState
+from ._errors import CircuitOpenError
+from ._keys import KeyFunc
+from ._options import _current as _current_options
+from ._options import request_options
+from ._outcome import (
+    EXTENSION,
+    ErrorKinds,
+    FallbackPlan,
+    Gate,
+    Outcome,
+    check_fallback,
+    settle_complete,
+)
+from ._policy import fallback_headers
+from ._registry import BreakerRegistry, registry_from
+
+__all__ = ["AsyncTransport", "Flavour", "OpenTransportError", "SyncTransport", "build"]
+
+_KEY_CACHE_HOSTS = 4096
+
+
+def _describe(request: Any) -> tuple[str, str]:
+    return request.method, str(request.url)
+
+
+class Flavour:
+    """One httpx-like module (``httpx`` or ``httpx2``) and what the transports need of it."""
+
+    def __init__(self, hx: Any) -> None:
+        self.hx = hx
+        self.name: str = hx.__name__
+        self.Response = hx.Response
+        self.ByteStream = hx.ByteStream
+        self.errors = ErrorKinds(
+            (hx.TimeoutException, hx.NetworkError, hx.RemoteProtocolError, hx.ProxyError),
+            (hx.PoolTimeout,),
+        )
+        self.DecodingError = hx.DecodingError
+        self.fast_url = self._private_url_parts_agree()
+        # httpx asserts a response stream is one of its own stream classes.
+        self.SyncBody: type[_SyncBody] = type(
+            "SyncBody", (_SyncBody, hx.SyncByteStream), {"__slots__": (), "__module__": __name__}
+        )
+        self.AsyncBody: type[_AsyncBody] = type(
+            "AsyncBody", (_AsyncBody, hx.AsyncByteStream), {"__slots__": (), "__module__": __name__}
+        )
+        # Set by build(): the short-circuit error of this flavour.
+        self.open_error: type[OpenTransportError] = OpenTransportError
+
+    @staticmethod
+    def public_url_parts(url: Any) -> tuple[str, str, int | None, str]:
+        """``(scheme, host, port, path)`` of an ``httpx.URL`` through its public API."""
+        path = url.raw_path.decode("ascii", "replace").partition("?")[0]
+        return url.scheme, url.raw_host.decode("ascii"), url.port, path
+
+    @staticmethod
+    def private_url_parts(url: Any) -> tuple[str, str, int | None, str]:
+        """The same from httpx's parsed ``_uri_reference``: a third of the public cost."""
+        ref = url._uri_reference
+        return ref.scheme, ref.host, ref.port, ref.path or "/"
+
+    def _private_url_parts_agree(self) -> bool:
+        """Whether the private fast path gives what the public API gives, in this version."""
+        try:
+            for text in (
+                "HTTP://B\u00fccher.Example:80/x/%2F%20y?q=1#f",
+                "https://[::1]:8443/",
+                "http://h:81",
+                "http://h/caf\u00e9/a b",
+            ):
+                url = self.hx.URL(text)
+                if self.private_url_parts(url) != self.public_url_parts(url):
+                    return False
+        except Exception:
+            return False
+        return True
+
+
+def decoding_failed(flavour: Flavour) -> BaseException | None:
+    """The ``DecodingError`` being handled while a body is closed, if there is one.
+
+    httpx decodes a body (gzip, brotli, zstd) outside the transport's stream,
+    between two reads of it, so the stream never sees a corrupt body's error:
+    it sees only the ``close()`` that httpx (or the caller's ``with`` block)
+    makes while the error is propagating. The exception being handled at that
+    moment is the only public trace of it.
+    """
+    exc = sys.exc_info()[1]
+    return exc if isinstance(exc, flavour.DecodingError) else None
+
+
+class _HttpxGate(Gate):
+    """A :class:`Gate` that keys httpx requests without reparsing their URLs."""
+
+    __slots__ = ("_key_cache", "flavour")
+
+    def __init__(
+        self,
+        flavour: Flavour,
+        registry: BreakerRegistry,
+        fallback: Any,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        super().__init__(registry, fallback, wall_clock, _describe)
+        self.flavour = flavour
+        # host -> [(scheme, port, key)]: found without building a tuple per request.
+        self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
+
+    def route(self, request: Any) -> CircuitBreaker | None:
+        """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
+        extension = request.extensions.get(EXTENSION)
+        opts = _current_options.get() if extension is None else request_options(extension)
+        if opts is None:
+            if self.by_host:
+                # The hot path, inlined: a cached origin found on the parsed URL.
+                url = request.url
+                if self.flavour.fast_url:
+                    ref = url._uri_reference  # checked against the public API: Flavour.fast_url
+                    entries = self._key_cache.get(ref.host)
+                    if entries is not None:
+                        scheme, port = ref.scheme, ref.port
+                        for known_scheme, known_port, known_key in entries:
+                            if known_port == port and known_scheme == scheme:
+                                if known_key is None:
+                                    return None
+                                return self.registry.get(known_key)
+            key = self.key_of(request)
+        elif opts.bypass:
+            return None
+        else:
+            key = opts.key
+            if key is None:
+                key = self.key_of(request)
+        if key is None:
+            return None
+        return self.registry.get(key)
+
+    def key_of(self, request: Any) -> str | None:
+        """The key of ``request`` from its parsed URL (origins are cached)."""
+        url = request.url
+        from_parts = self.from_parts
+        if from_parts is None:
+            return self.key(request.method, str(url))
+        fast = self.flavour.fast_url
+        if fast:
+            ref = url._uri_reference  # checked against the public API: Flavour.fast_url
+            scheme, host, port = ref.scheme, ref.host, ref.port
+        else:
+            scheme, host, port, path = Flavour.public_url_parts(url)
+        if self.by_host:
+            # Origins are few: cache them on the parsed parts, never on the path.
+            cache = self._key_cache
+            entries = cache.get(host)
+            if entries is not None:
+                for known_scheme, known_port, known_key in entries:
+                    if known_port == port and known_scheme == scheme:
+                        return known_key
+            key = from_parts(request.method, scheme, host, port, "")
+            if entries is not None and len(entries) < 8:
+                entries.append((scheme, port, key))
+            else:
+                # Rotating hosts (or ports of one host) must not grow memory.
+                if len(cache) >= _KEY_CACHE_HOSTS:
+                    cache.clear()
+                cache[host] = [(scheme, port, key)]
+            return key
+        if fast:
+            path = ref.path or "/"
+        return from_parts(request.method, scheme, host, port, path)
+
+    # -- responses ---------------------------------------------------------------
+
+    def watch(
+        self,
+        breaker: CircuitBreaker,
+        permit: int,
+        request: Any,
+        start: float,
+        response: Any,
+        asynchronous: bool,
+    ) -> Any:
+        """Feed a response's headers to the outcome engine and watch its body when it must."""
+        stream = response.stream
+        # Already in memory (MockTransport, Response(content=...)): no upstream
+        # left to wait on, so the outcome settles now.
+        complete = isinstance(stream, self.flavour.ByteStream)
+        if complete and self.lkg is None:
+            state = settle_complete(
+                self, breaker, permit, request, start, response.status_code, response.headers
+            )
+            response.extensions[EXTENSION] = {"key": breaker.name, "state": state}
+            return response
+        outcome = Outcome(self, breaker, permit, request, start)
+        response.extensions[EXTENSION] = outcome.extension()
+        status = response.status_code
+        headers = response.headers
+        if outcome.headers(status, headers):
+            return response
+        if self.lkg is not None:
+            outcome.tee = self.tee_for(
+                request.method,
+                str(request.url),
+                request.headers.get,
+                status,
+                headers.get,
+                response.reason_phrase,
+                headers.multi_items,
+            )
+        if complete:
+            # The raw bytes, not ``.content``: that is decoded, and a stale copy
+            # under the stored Content-Encoding would not be.
+            outcome.ended(b"".join(stream))
+            return response
+        if asynchronous:
+            response.stream = self.flavour.AsyncBody(stream, outcome, self.flavour)
+        else:
+            response.stream = self.flavour.SyncBody(stream, outcome, self.flavour)
+        return response
+
+    # -- short circuits ------------------------------------------------------------
+
+    def plan_for(self, request: Any, error: CircuitOpenError) -> FallbackPlan:
+        """The fallback plan of a short-circuited request; raises ``error`` when there is none."""
+        plan = self.fallback_for(request.method, str(request.url), request.headers.get)
+        if plan is None:
+            raise error
+        return plan
+
+    def respond(self, request: Any, plan: FallbackPlan) -> Any:
+        """The response of a plan that needs no call (a stored or synthetic one), else ``None``."""
+        Response = self.flavour.Response
+        if plan.stored is not None:
+            response = Response(
+                plan.stored.status_code,
+                headers=plan.headers,
+                content=plan.content,
+                request=request,
+            )
+            response.extensions["reason_phrase"] = plan.stored.reason.encode("ascii", "replace")
+            response.extensions[EXTENSION] = {"stale": True}
+            return response
+        if plan.response is not None:
+            fallback = plan.response
+            return Response(
+                fallback.status_code,
+                headers=list(fallback.header_list),
+                content=fallback.body,
+                request=request,
+            )
+        return None
+
+    def finish(self, response: object, request: Any, key: str, error: CircuitOpenError) -> Any:
+        """Mark a fallback's response: ``X-Circuit-Breaker``, ``Retry-After``, the extension."""
+        if not isinstance(response, self.flavour.Response):
+            raise TypeError(
+                f"a fallback must return an {self.flavour.name}.Response, got {response!r}"
+            )
+        headers = response.headers
+        for name, value in fallback_headers(headers.keys(), error.retry_after):
+            headers[name] = value
+        response.extensions[EXTENSION] = self.fallback_extension(
+            key, error, response.extensions.get(EXTENSION), False
+        )
+        if not hasattr(response, "_elapsed"):
+            # httpx sets elapsed when a network response closes; a synthetic
+            # one never does, and reading it would raise RuntimeError.
+            response.elapsed = _ZERO
+        return response
+
+
+def _zero() -> Any:
+    from datetime import timedelta
+
+    return timedelta(0)
+
+
+_ZERO = _zero()
+
+
+class _Body:
+    __slots__ = ("_flavour", "_iter", "_outcome", "_stream")
+
+    def __init__(self, stream: Any, outcome: Outcome, flavour: Flavour) -> None:
+        self._stream = stream
+        self._outcome = outcome
+        self._flavour = flavour
+
+    def _closing(self) -> None:
+        outcome = self._outcome
+        error = decoding_failed(self._flavour)
+        if error is not None:
+            outcome.failed(error, True)
+        else:
+            outcome.closed()
+
+    def __del__(self) -> None:
+        # Never closed: the response was dropped. Settle without a lock.
+        outcome = getattr(self, "_outcome", None)
+        if outcome is not None:
+            outcome.dropped()
+
+
+class _SyncBody(_Body):
+    """Watches a response body: upstream time per read, errors, end and close."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._iter = iter(self._stream)
+        return self
+
+    def __next__(self) -> bytes:
+        outcome = self._outcome
+        clock = outcome.clock  # None when no duration is ever read
+        began = clock() if clock is not None else 0.0
+        try:
+            chunk: bytes = next(self._iter)
+        except StopIteration:
+            if clock is not None:
+                outcome.upstream += clock() - began
+            outcome.ended()
+            raise
+        except Exception as exc:
+            if clock is not None:
+                outcome.upstream += clock() - began
+            outcome.failed(exc, self._flavour.errors.failure(exc))
+            raise
+        except BaseException:
+            outcome.cancelled()
+            raise
+        if clock is not None:
+            outcome.upstream += clock() - began
+        if outcome.tee is not None:
+            outcome.chunk(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._closing()
+
+
+class _AsyncBody(_Body):
+    """The async twin of :class:`_SyncBody`; cancellation records nothing."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._iter = self._stream.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        outcome = self._outcome
+        clock = outcome.clock  # None when no duration is ever read
+        began = clock() if clock is not None else 0.0
+        try:
+            chunk: bytes = await self._iter.__anext__()
+        except StopAsyncIteration:
+            if clock is not None:
+                outcome.upstream += clock() - began
+            outcome.ended()
+            raise
+        except Exception as exc:
+            if clock is not None:
+                outcome.upstream += clock() - began
+            outcome.failed(exc, self._flavour.errors.failure(exc))
+            raise
+        except BaseException:
+            outcome.cancelled()
+            raise
+        if clock is not None:
+            outcome.upstream += clock() - began
+        if outcome.tee is not None:
+            outcome.chunk(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._closing()
+
+
+class OpenTransportError(CircuitOpenError):
+    """What the short-circuit errors of httpx and httpx2 share (see ``build``)."""
+
+    def __init__(
+        self,
+        name: str,
+        state: CircuitState,
+        retry_after: float | None = None,
+        message: str | None = None,
+        *,
+        request: Any = None,
+    ) -> None:
+        # Skips httpx's __init__, which would format the message on every
+        # rejection; ``.request`` goes through httpx's public setter instead.
+        CircuitOpenError.__init__(self, name, state, retry_after, message)
+        # httpx's ``.request`` getter reads ``_request``; its type is the flavour's.
+        self.__dict__["_request"] = None
+        if request is not None:
+            self.request = request
+
+
+class _TransportBase:
+    """Construction shared by the sync and async transports."""
+
+    flavour: ClassVar[Flavour]
+    _inner_name: ClassVar[str]
+
+    def __init__(
+        self,
+        transport: Any = None,
+        *,
+        config: BreakerConfig | None = None,
+        rules: Mapping[str, BreakerConfig] | None = None,
+        registry: BreakerRegistry | None = None,
+        key: KeyFunc | None = None,
+        fallback: Any = None,
+        wall_clock: Callable[[], float] = _clock.wall_clock,
+        **kwargs: Any,
+    ) -> None:
+        flavour = self.flavour
+        if transport is None:
+            transport = getattr(flavour.hx, self._inner_name)(**kwargs)
+        elif kwargs:
+            raise TypeError(
+                f"{self._inner_name} options {sorted(kwargs)} cannot apply to an explicit transport"
+            )
+        asynchronous = self._inner_name.startswith("Async")
+        checked = check_fallback(fallback, asynchronous, type(self).__name__)
+        #: The inner transport every admitted request goes to.
+        self.transport = transport
+        self._gate = _HttpxGate(
+            flavour, registry_from(registry, config, rules, key), checked, wall_clock
+        )
+        #: The :class:`BreakerRegistry` this transport's breakers live in.
+        self.registry = self._gate.registry
+
+
+class SyncTransport(_TransportBase):
+    """An httpx transport that puts a circuit breaker in front of another one.
+
+    Args:
+        transport: The inner transport (default: ``HTTPTransport(**kwargs)``).
+        config: The default :class:`BreakerConfig` of a registry built here.
+        rules: Per-host configurations by pattern (see :class:`BreakerRegistry`).
+        registry: A :class:`BreakerRegistry` to share with other transports
+            and adapters; excludes ``config``, ``rules`` and ``key``.
+        key: :data:`by_host` (default), :func:`by_route`, or a callable
+            ``(method, url) -> str | None``.
+        fallback: What an open circuit answers: ``None`` (raise the
+            ``CircuitOpenTransportError``), a :class:`FallbackResponse`, a
+            :class:`LastKnownGood`, or ``(request, error) -> Response``.
+        wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
+            without a ``Date`` header (default ``time.time``).
+        **kwargs: Passed to ``HTTPTransport`` (``verify``, ``cert``,
+            ``http2``, ``limits``, ``proxy``, ``retries``, ...).
+
+    Raises:
+        TypeError: both ``transport`` and ``kwargs``, or both ``registry`` and
+            ``config``/``rules``/``key``, or a bad ``fallback``.
+
+    Closing the transport closes the inner one. Each request records one
+    outcome where it really happens: a failure status at once; a success when
+    the body ends or the response is closed, read or not (or, for a response
+    never closed, when it is garbage-collected); an error while the body is
+    read or decoded is a failure.
+    """
+
+    _inner_name = "HTTPTransport"
+
+    def handle_request(self, request: Any) -> Any:
+        """Send ``request`` through its breaker (httpx calls this)."""
+        gate = self._gate
+        breaker = gate.route(request)
+        if breaker is None:
+            return self.transport.handle_request(request)
+        try:
+            permit = breaker.acquire(self.flavour.open_error)
+        except OpenTransportError as exc:
+            exc.request = request
+            if gate.fallback is None:
+                raise  # in place: the cheapest short circuit
+            return self._short_circuit(request, breaker.name, exc)
+        start = breaker.clock() if breaker.timed else 0.0  # started(breaker), inlined
+        try:
+            response = self.transport.handle_request(request)
+        except Exception as exc:
+            outcome = Outcome(gate, breaker, permit, request, start)
+            outcome.failed(exc, self.flavour.errors.failure(exc))
+            raise
+        except BaseException:
+            Outcome(gate, breaker, permit, request, start).cancelled()
+            raise
+        return gate.watch(breaker, permit, request, start, response, False)
+
+    def _short_circuit(self, request: Any, key: str, error: OpenTransportError) -> Any:
+        gate = self._gate
+        plan = gate.plan_for(request, error)
+        response = gate.respond(request, plan)
+        if response is None:
+            assert plan.call is not None
+            response = plan.call(request, error)
+        return gate.finish(response, request, key, error)
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.transport.close()
+
+
+class AsyncTransport(_TransportBase):
+    """The same as the sync transport, for ``AsyncClient`` under asyncio or trio.
+
+    The inner transport defaults to ``AsyncHTTPTransport(**kwargs)``, a
+    callable ``fallback`` may be a coroutine function, and cancelling a
+    request records nothing.
+    """
+
+    _inner_name = "AsyncHTTPTransport"
+
+    async def handle_async_request(self, request: Any) -> Any:
+        """Send ``request`` through its breaker (httpx calls this)."""
+        gate = self._gate
+        breaker = gate.route(request)
+        if breaker is None:
+            return await self.transport.handle_async_request(request)
+        try:
+            permit = breaker.acquire(self.flavour.open_error)
+        except OpenTransportError as exc:
+            exc.request = request
+            if gate.fallback is None:
+                raise  # in place: the cheapest short circuit
+            return await self._short_circuit(request, breaker.name, exc)
+        start = breaker.clock() if breaker.timed else 0.0  # started(breaker), inlined
+        try:
+            response = await self.transport.handle_async_request(request)
+        except Exception as exc:
+            outcome = Outcome(gate, breaker, permit, request, start)
+            outcome.failed(exc, self.flavour.errors.failure(exc))
+            raise
+        except BaseException:
+            Outcome(gate, breaker, permit, request, start).cancelled()
+            raise
+        return gate.watch(breaker, permit, request, start, response, True)
+
+    async def _short_circuit(self, request: Any, key: str, error: OpenTransportError) -> Any:
+        gate = self._gate
+        plan = gate.plan_for(request, error)
+        response = gate.respond(request, plan)
+        if response is None:
+            assert plan.call is not None
+            response = plan.call(request, error)
+            if inspect.isawaitable(response):
+                response = await response
+        return gate.finish(response, request, key, error)
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self.transport.aclose()
+
+
+_ERROR_DOC = """A short-circuited {hx} request: a ``CircuitOpenError`` and a ``TransportError``.
+
+``.request`` is set, as on {hx}'s own errors. To keep a retry helper from
+retrying into an open circuit, exclude ``CircuitOpenError`` from what it
+retries on.
+"""
+
+
+def build(hx: Any, module: str) -> tuple[type[Any], type[Any], type[Any]]:
+    """Make the public classes of one client module from the mixins above.
+
+    Returns:
+        ``(CircuitOpenTransportError, CircuitBreakerTransport, AsyncCircuitBreakerTransport)``,
+        subclasses of ``hx.TransportError``, ``hx.BaseTransport`` and
+        ``hx.AsyncBaseTransport``, whose ``__module__`` is ``module``.
+    """
+    flavour = Flavour(hx)
+    name = hx.__name__
+
+    def make(cls_name: str, bases: tuple[type, ...], doc: str) -> type[Any]:
+        namespace: dict[str, Any] = {"__module__": module, "__qualname__": cls_name, "__doc__": doc}
+        if any(issubclass(base, _TransportBase) for base in bases):
+            namespace["flavour"] = flavour
+        return type(cls_name, bases, namespace)
+
+    error = make(
+        "CircuitOpenTransportError",
+        (OpenTransportError, hx.TransportError),
+        _ERROR_DOC.format(hx=name),
+    )
+    flavour.open_error = error
+    sync = make(
+        "CircuitBreakerTransport",
+        (SyncTransport, hx.BaseTransport),
+        (SyncTransport.__doc__ or "").replace("An httpx transport", f"An ``{name}.BaseTransport``"),
+    )
+    asynchronous = make(
+        "AsyncCircuitBreakerTransport",
+        (AsyncTransport, hx.AsyncBaseTransport),
+        (AsyncTransport.__doc__ or "").replace("AsyncClient", f"{name}.AsyncClient"),
+    )
+    return error, sync, asynchronous

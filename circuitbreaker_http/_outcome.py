@@ -1,0 +1,657 @@
+"""One request's life through a breaker, fed plain values: the outcome engine.
+
+Theory of operation
+-------------------
+
+Every client integration (httpx, httpx2, requests, aiohttp) turns its own
+objects into the few plain values a breaker needs and feeds them to one
+:class:`Outcome` per request, which decides what the request says about the
+upstream and settles its permit exactly once. Nothing here imports a client
+library or does I/O; the only clock read is the breaker's own, and only when
+the breaker needs durations (``CircuitBreaker.timed``).
+
+A request's life, as an integration reports it::
+
+    Outcome(gate, breaker, permit, request)     admitted (the state it was let through in)
+      .headers(status, headers) -> settled?     the status line and headers arrived
+      .read(seconds)                            one body read took this long (upstream time)
+      .chunk(data)                              a body chunk, for Last-Known-Good
+      .ended() / .closed()                      the body ended / the response was closed
+      .failed(error, failure)                   an error, before or after the headers
+      .cancelled()                              the caller cancelled (records nothing)
+      .dropped()                                garbage-collected unclosed (no lock taken)
+
+A failure status settles at :meth:`Outcome.headers`; a success status frees a
+half-open trial's slot there and settles when the body ends or the response
+is closed. The first of the settling inputs wins; the rest change nothing.
+
+The pieces every integration shares beside it live here too, once: how an
+error is classified (:class:`ErrorKinds`), the ``classify`` hook's verdict,
+the ``Retry-After`` reading, the fallback checks and the fallback decision
+(:meth:`Gate.fallback_for`), and the Last-Known-Good tee (:class:`Tee`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._breaker import CircuitBreaker
+from ._core import CallInfo, CircuitState, Verdict
+from ._errors import CircuitOpenError
+from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
+from ._keys import HostKey
+from ._options import EXTENSION, RequestOptions, request_options
+from ._options import _current as _current_options
+from ._policy import parse_retry_after
+from ._registry import BreakerRegistry
+
+__all__ = [
+    "EXTENSION",
+    "ErrorKinds",
+    "FallbackPlan",
+    "Gate",
+    "HeaderGetter",
+    "Outcome",
+    "Tee",
+    "check_fallback",
+    "settle_complete",
+    "started",
+    "verdict",
+]
+
+HeaderGetter = Callable[[str], "str | None"]
+"""``headers.get``: a case-insensitive lookup of one header's value."""
+
+_CLOSED = CircuitState.CLOSED
+_HALF_OPEN = CircuitState.HALF_OPEN
+_DISABLED = CircuitState.DISABLED
+
+
+class ErrorKinds:
+    """Which of a client's exceptions say the upstream failed.
+
+    Args:
+        failures: Exception types that are failures (timeouts, dropped connections...).
+        excluded: Subtypes of those that say nothing about the upstream
+            (httpx's ``PoolTimeout``); they record nothing.
+        judge: An optional last word, ``judge(exc) -> bool | None``, for what
+            a type cannot tell (requests' ``ConnectionError`` around a closed pool).
+    """
+
+    __slots__ = ("excluded", "failures", "judge")
+
+    def __init__(
+        self,
+        failures: tuple[type[BaseException], ...],
+        excluded: tuple[type[BaseException], ...] = (),
+        judge: Callable[[BaseException], bool | None] | None = None,
+    ) -> None:
+        self.failures = failures
+        self.excluded = excluded
+        self.judge = judge
+
+    def failure(self, exc: BaseException) -> bool | None:
+        """``True`` when ``exc`` is a failure of the upstream, ``None`` when it records nothing."""
+        if isinstance(exc, CircuitOpenError):
+            return None
+        if not isinstance(exc, self.failures) or isinstance(exc, self.excluded):
+            return None
+        if self.judge is not None:
+            return self.judge(exc)
+        return True
+
+
+def verdict(
+    breaker: CircuitBreaker,
+    describe: Callable[[], tuple[str, str]],
+    status: int | None,
+    headers: Mapping[str, str] | None,
+    error: BaseException | None,
+    duration: float,
+    default: bool | None,
+) -> bool | None:
+    """Whether a call failed (``True``), succeeded (``False``) or records nothing (``None``).
+
+    The breaker's ``classify`` is asked first, when it has one; its ``None``,
+    or a ``classify`` that raised, leaves the decision to ``default`` (what the
+    status or exception rules say). ``describe`` gives the request's method and
+    URL, and is called only when ``classify`` is asked.
+    """
+    if breaker.classifier is None:
+        return default
+    method, url = describe()
+    answer = breaker.classify(CallInfo(breaker.name, method, url, status, headers, error, duration))
+    if answer is Verdict.IGNORE:
+        return None
+    if answer is None:
+        return default
+    return answer is Verdict.FAILURE
+
+
+def started(breaker: CircuitBreaker) -> float:
+    """The clock reading a request's duration counts from (``0.0``: the breaker reads none)."""
+    return breaker.clock() if breaker.timed else 0.0
+
+
+def _status_verdict(
+    breaker: CircuitBreaker,
+    describe: Callable[[], tuple[str, str]],
+    status: int,
+    headers: Mapping[str, str],
+    duration: float,
+) -> bool | None:
+    failed = status in breaker.config.failure_statuses
+    if breaker.classifier is None:
+        return failed
+    return verdict(breaker, describe, status, headers, None, duration, failed)
+
+
+def settle_complete(
+    gate: Gate,
+    breaker: CircuitBreaker,
+    permit: int,
+    request: Any,
+    start: float,
+    status: int,
+    headers: Mapping[str, str],
+) -> str:
+    """The whole life of a request whose response arrived with its body in memory.
+
+    The same decisions as ``Outcome(...).headers(status, headers, complete=True)``
+    without keeping an :class:`Outcome`: nothing is left to watch (an httpx
+    ``MockTransport`` or ``Response(content=...)``). Returns the state the
+    request was let through in, as the extension's string.
+    """
+    state = breaker.permit_state(permit)
+    if permit:
+        duration = breaker.clock() - start if breaker.timed else 0.0
+        failed = _status_verdict(breaker, lambda: gate.describe(request), status, headers, duration)
+        if failed is None:
+            breaker.release(permit)
+        elif failed:
+            breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get))
+        else:
+            breaker.record(permit, False, duration)
+    # Plain strings, by identity: hashing an enum member runs Python code.
+    return "closed" if state is _CLOSED else "half_open" if state is _HALF_OPEN else "disabled"
+
+
+class Tee:
+    """The body of a response Last-Known-Good may keep, collected as it is read.
+
+    Args:
+        lkg: Where it goes.
+        url: The request's URL (the key it is stored under).
+        status: The response's status.
+        reason: Its reason phrase.
+        headers: Its headers, as ``(name, value)`` pairs in order.
+        request_header: The request's ``headers.get`` (credentials and ``Vary``).
+    """
+
+    __slots__ = ("chunks", "headers", "lkg", "reason", "request_header", "size", "status", "url")
+
+    def __init__(
+        self,
+        lkg: LastKnownGood,
+        url: str,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[str, str]],
+        request_header: HeaderGetter,
+    ) -> None:
+        self.lkg = lkg
+        self.url = url
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.request_header = request_header
+        self.chunks: list[bytes] | None = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Keep one chunk, or give up on a body past ``max_entry_bytes``."""
+        chunks = self.chunks
+        if chunks is None:
+            return
+        self.size += len(chunk)
+        if self.size > self.lkg.max_entry_bytes:
+            self.chunks = None
+        else:
+            chunks.append(chunk)
+
+    def drop(self) -> None:
+        """Keep nothing: the body will not be complete or cannot be stored faithfully."""
+        self.chunks = None
+
+    def store(self, content: bytes | None = None, dropped: tuple[str, ...] = ()) -> None:
+        """Store the response with the body collected (or ``content``).
+
+        Framing headers (``Content-Length``, ``Transfer-Encoding``,
+        ``Connection``) and those named in ``dropped`` (``Content-Encoding``
+        for a body that was decoded while read) no longer describe what is
+        kept, so they are left out.
+        """
+        if content is None:
+            if self.chunks is None:
+                return
+            content = b"".join(self.chunks)
+        self.chunks = None
+        omit = ("content-length", "transfer-encoding", "connection", *dropped)
+        kept = [(name, value) for name, value in self.headers if name.lower() not in omit]
+        self.lkg.store(self.url, self.status, self.reason, kept, content, self.request_header)
+
+
+class Outcome:
+    """One request let through a breaker, from admission until its outcome settles.
+
+    Args:
+        gate: The integration's :class:`Gate` (``Retry-After`` reading, Last-Known-Good).
+        breaker: The breaker that admitted the request.
+        permit: What ``breaker.acquire()`` returned.
+        request: The client's request object, handed to ``describe``.
+        start: :func:`started` read just before the request was sent.
+
+    Attributes:
+        state: The state the request was let through in (``CLOSED``,
+            ``HALF_OPEN`` or ``DISABLED``).
+        clock: The breaker's clock when it needs durations, else ``None``
+            (then no clock is read at all).
+        start: The clock reading at admission (``0.0`` when untimed); an
+            integration may move it forward by time the client spent waiting
+            on its own (urllib3's sleeps between retries).
+        upstream: Seconds spent waiting on the upstream: until the headers,
+            plus inside each body read.
+        status: The response's status once its headers arrived, else ``None``.
+        tee: The Last-Known-Good tee of this response, if it may be stored.
+    """
+
+    __slots__ = (
+        "_live",
+        "breaker",
+        "clock",
+        "gate",
+        "headers_seen",
+        "request",
+        "start",
+        "state",
+        "status",
+        "tee",
+        "upstream",
+    )
+
+    def __init__(
+        self, gate: Gate, breaker: CircuitBreaker, permit: int, request: Any, start: float
+    ) -> None:
+        self.gate = gate
+        self.breaker = breaker
+        # A one-item list: ``pop()`` is atomic, so the outcome settles exactly
+        # once, even against a finaliser on another thread.
+        self._live = [permit]
+        self.request = request
+        self.state = breaker.permit_state(permit)
+        self.clock: Callable[[], float] | None = breaker.clock if breaker.timed else None
+        self.start = start
+        self.upstream = 0.0
+        self.status: int | None = None
+        self.headers_seen: Mapping[str, str] | None = None
+        self.tee: Tee | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the outcome has been settled (or there was nothing to settle)."""
+        return not self._live or not self._live[0]
+
+    def extension(self) -> dict[str, Any]:
+        """The ``circuit_breaker`` mapping a response carries: its key and admission state."""
+        state = self.state
+        # Plain strings, by identity: hashing an enum member runs Python code.
+        name = "closed" if state is _CLOSED else "half_open" if state is _HALF_OPEN else "disabled"
+        return {"key": self.breaker.name, "state": name}
+
+    def _describe(self) -> tuple[str, str]:
+        return self.gate.describe(self.request)
+
+    # -- inputs ----------------------------------------------------------------
+
+    def headers(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        header: HeaderGetter | None = None,
+        complete: bool = False,
+    ) -> bool:
+        """The status and headers arrived; returns whether the outcome is settled.
+
+        A failure status (or a ``classify`` verdict of failure or ignore)
+        settles at once; a success status frees a half-open trial's slot and
+        waits for the body (``False``), unless ``complete`` says the body is
+        already in memory: then it settles as a success too. ``header`` is
+        ``headers.get`` when the mapping's own lookup is not case-insensitive.
+        """
+        live = self._live
+        permit = live[0]
+        if not permit:
+            live.clear()  # disabled: nothing is recorded
+            return True
+        clock = self.clock
+        if clock is not None:
+            self.upstream = clock() - self.start
+        self.status = status
+        self.headers_seen = headers
+        breaker = self.breaker
+        failed = _status_verdict(breaker, self._describe, status, headers, self.upstream)
+        if failed is None:
+            self._settle_with(None, None)
+            return True
+        if failed:
+            get = header if header is not None else headers.get
+            self._settle_with(True, self.gate.retry_after(breaker, get))
+            return True
+        if complete:
+            live.clear()
+            breaker.record(permit, False, self.upstream)
+            return True
+        if self.state is _HALF_OPEN:
+            # A long body must not hold the breaker half-open.
+            breaker.trial_slot_free(permit)
+        return False
+
+    def read(self, seconds: float) -> None:
+        """One read of the body took ``seconds`` of the upstream's time."""
+        self.upstream += seconds
+
+    def chunk(self, data: bytes) -> None:
+        """A chunk of the body, kept for Last-Known-Good when it may be stored."""
+        tee = self.tee
+        if tee is not None:
+            tee.add(data)
+
+    def ended(self, content: bytes | None = None) -> None:
+        """The body was read to its end: a success, and Last-Known-Good may store it.
+
+        ``content`` is the whole body when it was never read through
+        :meth:`chunk` (a body already in memory).
+        """
+        if self._settle_with(False, None):
+            tee = self.tee
+            if tee is not None:
+                self.tee = None
+                tee.store(content)
+
+    def closed(self) -> None:
+        """The response was closed (read or not): a success unless settled already."""
+        self.tee = None
+        self._settle_with(False, None)
+
+    def failed(self, error: BaseException, failure: bool | None) -> None:
+        """An error, before the headers arrived or while the body was read.
+
+        Args:
+            error: The exception ``classify`` sees.
+            failure: What the client's error table says (:meth:`ErrorKinds.failure`):
+                ``True`` a failure, ``None`` nothing to record.
+        """
+        live = self._live
+        if not live or not live[0]:
+            live.clear()
+            return
+        self.tee = None
+        clock = self.clock
+        if clock is not None and self.status is None:
+            self.upstream = clock() - self.start
+        breaker = self.breaker
+        if isinstance(error, CircuitOpenError):
+            failure = None  # another breaker's rejection says nothing of this upstream
+        elif breaker.classifier is not None:
+            failure = verdict(
+                breaker,
+                self._describe,
+                self.status,
+                self.headers_seen,
+                error,
+                self.upstream,
+                failure,
+            )
+        self._settle_with(failure, None)
+
+    def failed_with_response(
+        self,
+        error: BaseException,
+        failure: bool | None,
+        status: int,
+        headers: Mapping[str, str],
+        header: HeaderGetter | None = None,
+    ) -> None:
+        """An error that carries the last response (urllib3's status retries ran out).
+
+        The status and headers go to ``classify``; a failure takes that
+        response's ``Retry-After``.
+        """
+        live = self._live
+        if not live or not live[0]:
+            live.clear()
+            return
+        self.tee = None
+        clock = self.clock
+        if clock is not None:
+            self.upstream = clock() - self.start
+        breaker = self.breaker
+        failure = verdict(breaker, self._describe, status, headers, error, self.upstream, failure)
+        get = header if header is not None else headers.get
+        self._settle_with(failure, self.gate.retry_after(breaker, get) if failure else None)
+
+    def cancelled(self) -> None:
+        """The caller cancelled the request: record nothing, give a trial slot back."""
+        self.tee = None
+        self._settle_with(None, None)
+
+    def dropped(self) -> None:
+        """The response was garbage-collected unclosed: settle as a success, taking no lock."""
+        try:
+            permit = self._live.pop()
+        except IndexError:
+            return
+        self.tee = None
+        self.breaker.record_later(permit, self.upstream)
+
+    # -- settling --------------------------------------------------------------
+
+    def _settle_with(self, failed: bool | None, retry_after: float | None) -> bool:
+        """Settle once: ``True``/``False`` an outcome, ``None`` the permit given back."""
+        try:
+            permit = self._live.pop()
+        except IndexError:
+            return False
+        if failed is None:
+            self.breaker.release(permit)
+        else:
+            self.breaker.record(permit, failed, self.upstream, retry_after)
+        return True
+
+
+class FallbackPlan:
+    """What a short-circuited request is answered with, in plain values.
+
+    Exactly one of ``stored`` (a Last-Known-Good entry, with ``headers`` the
+    stale marks added and ``content`` already empty for HEAD), ``response``
+    (a :class:`FallbackResponse` to build) and ``call`` (a callable fallback)
+    is set.
+    """
+
+    __slots__ = ("call", "content", "headers", "response", "stored")
+
+    def __init__(
+        self,
+        *,
+        stored: StoredResponse | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        content: bytes = b"",
+        response: FallbackResponse | None = None,
+        call: Callable[..., Any] | None = None,
+    ) -> None:
+        self.stored = stored
+        self.headers = headers
+        self.content = content
+        self.response = response
+        self.call = call
+
+
+def check_fallback(fallback: object, allow_async: bool, client: str) -> Any:
+    """Check a ``fallback`` argument when an integration is built.
+
+    Args:
+        fallback: What the user passed.
+        allow_async: Whether a coroutine-function fallback can be awaited.
+        client: The integration's name, for the message.
+
+    Returns:
+        ``fallback``, unchanged.
+
+    Raises:
+        TypeError: not ``None``, a :class:`FallbackResponse`, a
+            :class:`LastKnownGood` or a callable taking ``(request, error)``;
+            or a coroutine function where none can be awaited.
+    """
+    if isinstance(fallback, LastKnownGood):
+        # Its ``otherwise`` is called like any fallback: check it the same way.
+        check_fallback(fallback.otherwise, allow_async, client)
+        return fallback
+    if fallback is None or isinstance(fallback, FallbackResponse):
+        return fallback
+    if not callable(fallback):
+        raise TypeError(
+            "fallback must be None, a FallbackResponse, a LastKnownGood or a callable "
+            f"(request, error), got {fallback!r}"
+        )
+    if not allow_async and (
+        inspect.iscoroutinefunction(fallback)
+        or inspect.iscoroutinefunction(getattr(fallback, "__call__", None))  # noqa: B004
+    ):
+        raise TypeError(f"{client} cannot await a coroutine-function fallback")
+    try:
+        inspect.signature(fallback).bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"a fallback callable must take (request, error), got {fallback!r}"
+        ) from None
+    except ValueError:
+        pass  # no signature to read (some builtins): trust it
+    return fallback
+
+
+class Gate:
+    """What one integration instance shares across its requests: no I/O, no client objects.
+
+    Args:
+        registry: Where the breakers live.
+        fallback: What an open circuit answers (checked by :func:`check_fallback`).
+        wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
+            without a ``Date`` header.
+        describe: ``describe(request) -> (method, url)`` for ``classify``.
+    """
+
+    __slots__ = (
+        "by_host",
+        "describe",
+        "fallback",
+        "from_parts",
+        "key",
+        "lkg",
+        "registry",
+        "wall_clock",
+    )
+
+    def __init__(
+        self,
+        registry: BreakerRegistry,
+        fallback: Any,
+        wall_clock: Callable[[], float],
+        describe: Callable[[Any], tuple[str, str]],
+    ) -> None:
+        self.registry = registry
+        self.fallback: Any = fallback
+        self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
+        self.wall_clock = wall_clock
+        self.describe = describe
+        self.key = registry.key
+        # The built-in keys also take URL parts, so a request is never reparsed.
+        self.from_parts: Callable[..., str | None] | None = getattr(
+            registry.key, "from_parts", None
+        )
+        self.by_host = isinstance(registry.key, HostKey)
+
+    @staticmethod
+    def options(extension: object = None) -> RequestOptions | None:
+        """The per-request options in force: a request's extension, else ``options()``."""
+        if extension is None:
+            return _current_options.get()
+        return request_options(extension)
+
+    def retry_after(self, breaker: CircuitBreaker, header: HeaderGetter) -> float | None:
+        """The delay a failure response's ``Retry-After`` asks for, if the breaker reads it."""
+        if not breaker.config.respect_retry_after:
+            return None
+        value = header("retry-after")
+        if value is None:
+            return None
+        return parse_retry_after(value, header("date"), self.wall_clock)
+
+    # -- Last-Known-Good -------------------------------------------------------
+
+    def tee_for(
+        self,
+        method: str,
+        url: str,
+        request_header: HeaderGetter,
+        status: int,
+        response_header: HeaderGetter,
+        reason: str,
+        headers: Callable[[], Iterable[tuple[str, str]]],
+    ) -> Tee | None:
+        """A :class:`Tee` when Last-Known-Good may store this GET's response, else ``None``."""
+        lkg = self.lkg
+        if (
+            lkg is None
+            or method != "GET"
+            or not lkg.request_eligible(method, request_header)
+            or not lkg.response_storable(status, response_header)
+        ):
+            return None
+        return Tee(lkg, url, status, reason, list(headers()), request_header)
+
+    # -- short circuits ----------------------------------------------------------
+
+    def fallback_for(
+        self, method: str, url: str, request_header: HeaderGetter
+    ) -> FallbackPlan | None:
+        """What to answer a short-circuited request with, or ``None`` to raise."""
+        fallback = self.fallback
+        if isinstance(fallback, LastKnownGood):
+            if fallback.request_eligible(method, request_header):
+                entry = fallback.lookup(url, request_header)
+                if entry is not None:
+                    return FallbackPlan(
+                        stored=entry,
+                        headers=[*entry.headers, *stale_headers(fallback.age(entry))],
+                        content=b"" if method == "HEAD" else entry.content,
+                    )
+            fallback = fallback.otherwise
+        if fallback is None:
+            return None
+        if isinstance(fallback, FallbackResponse):
+            return FallbackPlan(response=fallback)
+        return FallbackPlan(call=fallback)
+
+    @staticmethod
+    def fallback_extension(
+        key: str, error: CircuitOpenError, marks: object, stale: bool
+    ) -> dict[str, Any]:
+        """The ``circuit_breaker`` mapping of a fallback's response."""
+        extension: dict[str, Any] = {"key": key, "state": error.state.value, "fallback": True}
+        if stale:
+            extension["stale"] = True
+        if isinstance(marks, Mapping):
+            extension.update(marks)
+        return extension
