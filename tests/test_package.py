@@ -11,6 +11,8 @@ import textwrap
 import types
 from pathlib import Path
 
+import pytest
+
 import circuitbreaker_http
 
 PACKAGE = Path(circuitbreaker_http.__file__).parent
@@ -18,6 +20,8 @@ CORE = PACKAGE / "_core"
 
 OPTIONAL = (
     "httpx",
+    "httpx2",
+    "aiohttp",
     "requests",
     "urllib3",
     "redis",
@@ -78,6 +82,8 @@ def test_every_public_name_is_in_all() -> None:
         if not name.startswith("_")
         # submodules (circuitbreaker_http.testing, .httpx, ...) are imported by path
         and not isinstance(value, types.ModuleType)
+        # client names load on first touch and stay out of __all__ (star-imports need no extra)
+        and name not in circuitbreaker_http._LAZY
     }
     assert public <= set(circuitbreaker_http.__all__), public - set(circuitbreaker_http.__all__)
 
@@ -204,3 +210,58 @@ def test_the_import_check_catches_forbidden_imports(tmp_path: Path) -> None:
 
 def test_py_typed_exists() -> None:
     assert (PACKAGE / "py.typed").is_file()
+
+
+CLIENT_NAMES = {
+    "AsyncCircuitBreakerTransport": "circuitbreaker_http.httpx",
+    "CircuitBreakerAdapter": "circuitbreaker_http.requests",
+    "CircuitBreakerTransport": "circuitbreaker_http.httpx",
+    "CircuitOpenRequestsError": "circuitbreaker_http.requests",
+    "CircuitOpenTransportError": "circuitbreaker_http.httpx",
+}
+
+
+def test_client_names_load_from_the_top_level_on_first_touch() -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import circuitbreaker_http
+        assert "httpx" not in sys.modules and "requests" not in sys.modules
+        for name, module in {CLIENT_NAMES!r}.items():
+            value = getattr(circuitbreaker_http, name)
+            assert value is getattr(sys.modules[module], name), name
+            assert name in dir(circuitbreaker_http), name
+        from circuitbreaker_http import CircuitBreakerTransport
+        import httpx
+        assert issubclass(CircuitBreakerTransport, httpx.BaseTransport)
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PACKAGE.parent
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_a_client_name_without_its_extra_names_the_extra() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["httpx"] = None
+        import circuitbreaker_http
+        try:
+            circuitbreaker_http.CircuitBreakerTransport
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PACKAGE.parent
+    )
+    assert 'pip install "circuitbreaker-http[httpx]"' in result.stdout, result.stderr
+
+
+def test_an_unknown_top_level_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        circuitbreaker_http.NoSuchThing  # noqa: B018
