@@ -13,7 +13,8 @@ a missing extra fails with a message naming it. They are left out of
 ``__all__`` so that ``from circuitbreaker_http import *`` needs no extra.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._breaker import CircuitBreaker
 from ._core import (
@@ -44,7 +45,7 @@ _LAZY = {
     "CircuitOpenTransportError": "httpx",
 }
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from .aiohttp import (  # type: ignore[import-not-found, unused-ignore]
         CircuitBreakerMiddleware as CircuitBreakerMiddleware,
     )
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .requests import CircuitOpenRequestsError as CircuitOpenRequestsError
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     """Load a client class (``CircuitBreakerTransport``, ...) from its module on first touch."""
     module = _LAZY.get(name)
     if module is None:
