@@ -12,7 +12,6 @@ objects into its inputs and wraps the response stream.
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -97,17 +96,62 @@ class Flavour:
         return True
 
 
-def decoding_failed(flavour: Flavour) -> BaseException | None:
-    """The ``DecodingError`` being handled while a body is closed, if there is one.
+def watch_decoding(response: Any, outcome: Outcome, flavour: Flavour) -> bool:
+    """Make a decoding error of ``response``'s body (gzip, brotli, zstd) fail ``outcome``.
 
-    httpx decodes a body (gzip, brotli, zstd) outside the transport's stream,
-    between two reads of it, so the stream never sees a corrupt body's error:
-    it sees only the ``close()`` that httpx (or the caller's ``with`` block)
-    makes while the error is propagating. The exception being handled at that
-    moment is the only public trace of it.
+    httpx decodes a body outside the transport's stream, between two reads of
+    it, so the stream never sees a corrupt body's ``DecodingError``: it sees
+    only the ``close()`` that follows. httpx has no public hook for this; the
+    trick, kept to this function, is to hand the response the decoder it
+    would build for itself (``_get_content_decoder()``) wrapped in
+    :class:`_DecoderWatch`, through the attribute it caches it in
+    (``_decoder``). A test fails loudly when httpx or httpx2 changes either.
+    Returns whether the watch is in place.
     """
-    exc = sys.exc_info()[1]
-    return exc if isinstance(exc, flavour.DecodingError) else None
+    try:
+        inner = response._get_content_decoder()
+    except Exception:
+        return False
+    response._decoder = _DecoderWatch(inner, outcome, flavour.DecodingError)
+    return True
+
+
+class _DecoderWatch:
+    """An httpx content decoder that reports a ``DecodingError`` to the outcome first."""
+
+    __slots__ = ("_error", "_inner", "_outcome")
+
+    def __init__(self, inner: Any, outcome: Outcome, error: type[Exception]) -> None:
+        self._inner = inner
+        self._outcome = outcome
+        self._error = error
+
+    def _report(self, exc: BaseException) -> None:
+        self._outcome.failed(exc, True)
+
+    def _each(self, parts: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from parts
+        except self._error as exc:
+            self._report(exc)
+            raise
+
+    def _run(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            result = call(*args)
+        except self._error as exc:
+            self._report(exc)
+            raise
+        # httpx returns bytes; httpx2's decoders are generators that fail lazily.
+        return result if isinstance(result, (bytes, bytearray)) else self._each(result)
+
+    def decode(self, data: bytes) -> Any:
+        """Decode one chunk, as the wrapped decoder does."""
+        return self._run(self._inner.decode, data)
+
+    def flush(self) -> Any:
+        """Flush, as the wrapped decoder does."""
+        return self._run(self._inner.flush)
 
 
 class _HttpxGate(Gate):
@@ -232,6 +276,8 @@ class _HttpxGate(Gate):
             # under the stored Content-Encoding would not be.
             outcome.ended(b"".join(stream))
             return response
+        if "content-encoding" in headers:
+            watch_decoding(response, outcome, self.flavour)
         if asynchronous:
             response.stream = self.flavour.AsyncBody(stream, outcome, self.flavour)
         else:
@@ -307,12 +353,7 @@ class _Body:
         self._flavour = flavour
 
     def _closing(self) -> None:
-        outcome = self._outcome
-        error = decoding_failed(self._flavour)
-        if error is not None:
-            outcome.failed(error, True)
-        else:
-            outcome.closed()
+        self._outcome.closed()
 
     def __del__(self) -> None:
         # Never closed: the response was dropped. Settle without a lock.
@@ -357,6 +398,9 @@ class _SyncBody(_Body):
 
     def close(self) -> None:
         try:
+            iterator = getattr(self, "_iter", None)
+            if iterator is not None and hasattr(iterator, "close"):
+                iterator.close()  # as in aclose(): an iteration cut short is closed now
             self._stream.close()
         finally:
             self._closing()
@@ -398,6 +442,12 @@ class _AsyncBody(_Body):
 
     async def aclose(self) -> None:
         try:
+            # An iteration cut short (an error, a decoding failure) leaves the
+            # inner async generator suspended: close it now, not in the GC,
+            # where trio warns and asyncio may run it on a closed loop.
+            iterator = getattr(self, "_iter", None)
+            if iterator is not None and hasattr(iterator, "aclose"):
+                await iterator.aclose()
             await self._stream.aclose()
         finally:
             self._closing()
