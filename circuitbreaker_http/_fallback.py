@@ -80,7 +80,18 @@ class FallbackResponse:
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
-    """One response kept by :class:`LastKnownGood`."""
+    """One response kept by :class:`LastKnownGood`.
+
+    Attributes:
+        status_code: The response's status.
+        reason: Its reason phrase.
+        headers: Its headers as stored, without ``Age``: the age served is
+            :meth:`LastKnownGood.age`, one value, so none is kept to repeat.
+        content: Its body.
+        stored_at: The :class:`LastKnownGood` clock's reading when it was stored.
+        vary: The request headers named by its ``Vary``, with their values.
+        age: Its own ``Age`` when stored, in seconds (0 without a valid one).
+    """
 
     status_code: int
     reason: str
@@ -88,9 +99,25 @@ class StoredResponse:
     content: bytes
     stored_at: float
     vary: tuple[tuple[str, str | None], ...]
+    age: int = 0
 
 
 _UNCACHEABLE = ("no-store", "private")
+# RFC 9111 §5.1: the Age a cache sends for any age it cannot represent.
+_AGE_MAX = 2**31
+
+
+def _parse_age(value: str) -> int | None:
+    """The seconds of an ``Age`` field value, or ``None`` when it is not valid.
+
+    ``Age`` is delta-seconds (digits only); of a list, RFC 9111 §5.1 says to
+    use the first member.
+    """
+    first = value.split(",", 1)[0].strip()
+    if not (first and first.isascii() and first.isdigit()):
+        return None
+    # More digits than 2**31 has cannot be smaller; int() of a huge string is slow.
+    return _AGE_MAX if len(first) > 10 else min(int(first), _AGE_MAX)
 
 
 def _directives(value: str) -> set[str]:
@@ -102,8 +129,9 @@ class LastKnownGood:
 
     Pass it as ``fallback=`` to a transport or adapter. It stores successful
     (2xx except 206) GET responses whose body was read to the end, and serves
-    the newest one for the same URL, marked stale with ``Age``, ``Warning: 110``
-    and ``X-Circuit-Breaker: open``. It never serves one user's data to
+    the newest one for the same URL, marked stale with ``Age`` (one value: the
+    response's own age when stored plus the time since), ``Warning: 110`` and
+    ``X-Circuit-Breaker: open``. It never serves one user's data to
     another: requests with ``Authorization`` or ``Cookie`` are neither stored
     nor answered, responses with ``Cache-Control: no-store`` or ``private`` or a
     ``Set-Cookie`` are not stored, and ``Vary`` is honoured (``Vary: *`` is
@@ -204,17 +232,37 @@ class LastKnownGood:
         content: bytes,
         request_header: Callable[[str], str | None],
     ) -> None:
-        """Keep a successful GET response (the integrations call this)."""
+        """Keep a successful GET response (the integrations call this).
+
+        Its ``Age`` header is not kept among its headers but as
+        :attr:`StoredResponse.age`, which :meth:`age` adds to the time since.
+        """
         if len(content) > self.max_entry_bytes or len(content) > self.max_bytes:
             return  # a body that can never fit must not flush the others first
-        header_list = tuple(headers)
+        stored_headers: list[tuple[str, str]] = []
         vary_names: list[str] = []
-        for name, value in header_list:
-            if name.lower() == "vary":
+        own_age: int | None = None  # None: no Age field line seen yet
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "age":
+                # Kept as a number, not a header: served, it is one value, this
+                # age plus the time since it was stored. Only the first field
+                # line counts, and a garbage one counts as none.
+                if own_age is None:
+                    own_age = _parse_age(value) or 0
+                continue
+            if lower == "vary":
                 vary_names.extend(v.strip().lower() for v in value.split(",") if v.strip())
+            stored_headers.append((name, value))
         vary = tuple((name, request_header(name)) for name in sorted(set(vary_names)))
         entry = StoredResponse(
-            status_code, reason, header_list, bytes(content), self._clock(), vary
+            status_code,
+            reason,
+            tuple(stored_headers),
+            bytes(content),
+            self._clock(),
+            vary,
+            own_age or 0,
         )
         with self._lock:
             variants = self._entries.pop(url, [])
@@ -248,8 +296,13 @@ class LastKnownGood:
         return None
 
     def age(self, entry: StoredResponse) -> int:
-        """Whole seconds since ``entry`` was stored, for the ``Age`` header."""
-        return max(0, int(self._clock() - entry.stored_at))
+        """The ``Age`` to serve ``entry`` with, in whole seconds.
+
+        Its own ``Age`` when it was stored plus the seconds since, so a
+        response that was already old when it arrived is not served as younger.
+        """
+        since = max(0, int(self._clock() - entry.stored_at))
+        return min(entry.age + since, _AGE_MAX)
 
     def _shrink(self) -> None:
         entries = self._entries

@@ -102,7 +102,7 @@ class HostKey:
         return "by_host"
 
     def __call__(self, method: str, url: str) -> str | None:
-        """Return the origin key of ``url`` (``None``, no breaker, if it cannot be read)."""
+        """Return the origin key of ``url``; ``None`` (no breaker) if unreadable or hostless."""
         try:
             scheme, host, port, _ = _parse(url)
         except ValueError:
@@ -112,7 +112,14 @@ class HostKey:
     def from_parts(
         self, method: str, scheme: str, host: str, port: int | None, path: str
     ) -> str | None:
-        """Return the origin key from URL parts (``host`` already encoded as sent)."""
+        """Return the origin key from URL parts (``host`` already encoded as sent).
+
+        A URL without a scheme or a host (``http:///path``, ``file:///x``,
+        ``mailto:a@b``, ``""``) gets ``None``, no breaker: otherwise every such
+        request would share one stray breaker keyed ``"://"``.
+        """
+        if not host or not scheme:
+            return None
         cache = self._cache
         parts = (scheme, host, port)
         key = cache.get(parts)
@@ -192,7 +199,7 @@ class RouteKey:
         return template
 
     def __call__(self, method: str, url: str) -> str | None:
-        """Return the route key of ``url`` (``None``, no breaker, if it cannot be read)."""
+        """Return the route key of ``url``; ``None`` (no breaker) if unreadable or hostless."""
         try:
             scheme, host, port, path = _parse(url)
         except ValueError:
@@ -202,12 +209,15 @@ class RouteKey:
     def from_parts(
         self, method: str, scheme: str, host: str, port: int | None, path: str
     ) -> str | None:
-        """Return the route key from URL parts (``host`` already encoded as sent)."""
+        """Return the route key from URL parts (``host`` already encoded as sent).
+
+        A URL without a scheme or a host gets ``None``, as with :data:`by_host`.
+        """
         base = self._host.from_parts(method, scheme, host, port, path)
+        if base is None:
+            return None
         template = self.match(path)
-        if template is None or base is None:
-            return base
-        return base + template
+        return base if template is None else base + template
 
 
 def _segments(path: str) -> tuple[str, ...]:

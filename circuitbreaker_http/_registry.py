@@ -4,23 +4,38 @@ Lookups of an existing breaker take no lock (a dict read and a dict write,
 each atomic); only creating a breaker takes the registry's lock. Past
 ``max_breakers`` the registry drops about the least recently used breakers in
 a batch, so the cost of eviction is spread over many creations.
+
+Eviction looks only at breakers that may be dropped. A breaker found
+protected (forced open, disabled, or open until later) is *parked*: it leaves
+the candidates until its protection may have ended, which is either a time
+(the end of its open period, kept in a heap) or a notice (its breaker reports
+leaving a protected state through ``on_state_change``). So however many
+breakers are protected, each creation costs amortised O(1) breakers looked at.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from threading import Lock
 
 from . import _clock
 from ._breaker import CircuitBreaker, StateListener
-from ._core import BreakerConfig, BreakerSnapshot
+from ._core import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
 from ._keys import KeyFunc, _encode_host, by_host, split_key
 
 __all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
+# A breaker that leaves one of these states may have stopped being protected.
+_PROTECTED_STATES = frozenset({CircuitState.OPEN, CircuitState.FORCED_OPEN, CircuitState.DISABLED})
+_NEVER = math.inf
+# At most about this many clock marks per longest window (see ``_mark``).
+_MARKS_PER_WINDOW = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +156,14 @@ class BreakerRegistry:
         key: How requests map to keys: :data:`by_host` (default),
             :func:`by_route`, or any ``(method, url) -> str | None``.
         max_breakers: About how many breakers to hold. Past it, about the least
-            recently used are dropped, except those forced open or disabled by
-            hand and those whose open period has not ended.
+            recently used are dropped in batches of a tenth, idle ones (last
+            used longer than their ``window`` ago) before any other, except
+            those forced open or disabled by hand and those whose open period
+            has not ended, and never the one just created. While protected
+            breakers take up the whole bound, the registry holds them plus
+            about a tenth of ``max_breakers`` of the most recently used others
+            (at least the one just created), so a host in use keeps its
+            breaker, and its failure count, however many others are protected.
         clock: The clock every breaker reads (``time.monotonic`` by default).
         on_state_change: Called with every breaker's :class:`StateChange`.
 
@@ -168,18 +189,45 @@ class BreakerRegistry:
             raise ValueError(f"key must be by_host, by_route(...) or a callable, got {key!r}")
         if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or max_breakers < 1:
             raise ValueError(f"max_breakers must be an int >= 1, got {max_breakers!r}")
+        if on_state_change is not None and not callable(on_state_change):
+            # Checked here: every breaker gets it wrapped, and a wrapper is always callable.
+            raise TypeError(f"on_state_change must be callable, got {on_state_change!r}")
         self.default = default
         self.rules = compile_rules(rules)
         self.key = key
         self.max_breakers = max_breakers
         self._clock = clock
-        self._on_state_change = on_state_change
         self._breakers: dict[str, CircuitBreaker] = {}
         # key -> tick of its last use: an approximate LRU that costs one dict
         # write per request and no lock (``next`` on a C counter is atomic).
         self._used: dict[str, int] = {}
         self._ticks = itertools.count()
         self._lock = Lock()
+        # Everything below changes under the lock only, except ``_released``,
+        # which breakers add to (``set.add`` is atomic) as they leave protection.
+        # Held keys are either candidates for eviction (``_active``, not known
+        # to be protected) or parked (protected when last looked at), never both.
+        self._active: dict[str, CircuitBreaker] = {}
+        # Parked key -> when to look at it again: the end of its open period,
+        # or never by time (forced open or disabled: only a notice frees it).
+        self._parked: dict[str, float] = {}
+        self._due: list[tuple[float, str]] = []  # heap of (look again at, key)
+        self._released: set[str] = set()
+        self._on_state_change = _watch(self._released, on_state_change)
+        # While protected breakers fill the bound, the held count past which
+        # the next batch is evicted (0: none, ``max_breakers`` decides).
+        self._over = 0
+        # Clock marks: every tick below ``_mark_ticks[i]`` was drawn at or before
+        # ``_mark_times[i]``. get() records a tick, not a time (a clock read on
+        # the hot path would cost more than the dict write); marks taken as
+        # breakers are created turn a tick into a bound on its use's time, which
+        # is what tells an idle breaker from one used within its window.
+        self._mark_ticks: list[int] = []
+        self._mark_times: list[float] = []
+        self._mark_since = 0.0  # when the latest mark started
+        self._mark_every = 0.0  # how far apart marks start (set with the windows)
+        self._min_window = _NEVER
+        self._max_window = 0.0
 
     def __repr__(self) -> str:
         return f"<BreakerRegistry {len(self._breakers)} breakers, key={self.key!r}>"
@@ -226,30 +274,178 @@ class BreakerRegistry:
             )
             self._breakers[key] = breaker
             self._used[key] = next(self._ticks)
-            if len(self._breakers) > self.max_breakers:
-                self._evict(keep=key)
+            self._active[key] = breaker
+            window = config.window
+            if not self._min_window <= window <= self._max_window:
+                self._min_window = min(self._min_window, window)
+                self._max_window = max(self._max_window, window)
+                # Precision finer than a tenth of the shortest window buys
+                # nothing, and a floor relative to the longest keeps the marks
+                # few however much the windows differ.
+                self._mark_every = max(self._min_window / 10, self._max_window / _MARKS_PER_WINDOW)
+            # The tick is drawn before the clock is read, so the mark's time is
+            # no earlier than any use whose tick is below it.
+            tick = next(self._ticks)
+            now = self._now()
+            if now is None:
+                return breaker  # no reading to judge protection by: evict next time
+            self._mark(tick, now)
+            held = len(self._breakers)
+            if held > self.max_breakers and held > self._over:
+                self._evict(key, now)
             return breaker
 
-    def _evict(self, keep: str) -> None:
-        """Drop about the least recently used tenth of the breakers. Call with the lock held."""
-        used = self._used
-        now = self._clock()
-        candidates = []
-        for key, breaker in self._breakers.items():
-            if key == keep or breaker.protected(now):
-                continue
-            candidates.append((used.get(key, -1), key))
-        # Batches of a tenth keep eviction amortised O(log n) per creation.
-        excess = len(self._breakers) - self.max_breakers
-        target = max(excess, self.max_breakers // 10, 1)
-        candidates.sort()
+    def _now(self) -> float | None:
+        """A finite clock reading, or ``None``: a failing clock postpones eviction, not a get()."""
+        try:
+            now = self._clock()
+        except Exception:
+            return None
+        return now if isinstance(now, (int, float)) and math.isfinite(now) else None
+
+    def _mark(self, tick: int, now: float) -> None:
+        """Record that every tick up to ``tick`` was drawn by ``now``."""
+        times = self._mark_times
+        # Within ``_mark_every`` of its start the latest mark moves forward
+        # rather than a new one starting: marks stay few, and a tick is never
+        # left far behind the mark that bounds it.
+        if times and now - self._mark_since < self._mark_every:
+            self._mark_ticks[-1] = tick
+            if now > times[-1]:
+                times[-1] = now
+            return
+        self._mark_since = now
+        self._mark_ticks.append(tick)
+        times.append(now)
+
+    def _used_by(self, tick: int) -> float:
+        """The latest time the use that drew ``tick`` can have happened (``inf``: unknown)."""
+        i = bisect_right(self._mark_ticks, tick)
+        return self._mark_times[i] if i < len(self._mark_times) else _NEVER
+
+    def _evict(self, keep: str, now: float) -> None:
+        """Drop a batch of the least recently used, idle ones first. Call with the lock held."""
         breakers = self._breakers
-        for _, key in candidates[:target]:
-            del breakers[key]
-        # Rebuilt from ``breakers`` (changed only under the lock), never by
-        # iterating ``used``, which a lock-free get() may write to meanwhile;
-        # a get() racing this may have re-marked a dropped key.
-        self._used = {k: used.get(k, -1) for k in breakers}
+        active = self._active
+        used = self._used
+        self._review_parked(now)
+        # Every candidate is looked at once per batch: with batches of a tenth,
+        # about ten per creation, and fewer while most breakers are parked.
+        found_protected = []
+        rows: list[tuple[int, str]] = []
+        # Sort keys are ticks. With mixed windows, one used within its window
+        # sorts after every idle one: its tick is raised past any tick drawn
+        # so far. With one window for all, the least recently used are the
+        # idle ones already, and the clock marks need not be read.
+        later = next(self._ticks) if self._min_window != self._max_window else 0
+        for key, breaker in active.items():
+            if key == keep:
+                continue
+            if breaker.protected(now):
+                found_protected.append(key)
+                continue
+            tick = used.get(key, -1)
+            if later and now - self._used_by(tick) <= breaker.config.window:
+                tick += later
+            rows.append((tick, key))
+        for key in found_protected:
+            self._park(key, now)
+        batch = max(1, self.max_breakers // 10)
+        # Hold about max_breakers - batch after a batch. When the protected
+        # breakers take that room, hold them plus the ``batch`` most recently
+        # used others (``keep`` among them): dropping every other breaker at
+        # each creation would cost a host in use its failure count, so a
+        # failing host would never trip among many new keys.
+        room = max(self.max_breakers + 1 - batch - len(self._parked), batch) - 1
+        drop = len(rows) - room
+        if drop > 0:
+            # Ticks come mostly in the order keys were added: sorting is near linear.
+            rows.sort()
+            for _, key in rows[:drop]:
+                del breakers[key]
+                del active[key]
+                used.pop(key, None)
+        held = len(breakers)
+        # While over the bound, the next batch waits for ``batch`` more creations
+        # rather than scanning again at each one.
+        self._over = held + batch - 1 if held > self.max_breakers else 0
+        if len(used) > held + batch:
+            # A get() racing a drop may have re-marked a dropped key. Rebuilt
+            # from ``breakers`` (changed only under the lock), never by iterating
+            # ``used``, which a lock-free get() may write to meanwhile; rare, so
+            # amortised over the races that caused it.
+            self._used = {k: used.get(k, -1) for k in breakers}
+        self._forget_marks(now)
+
+    def _review_parked(self, now: float) -> None:
+        """Look again at parked breakers whose protection may have ended. Lock held."""
+        parked = self._parked
+        released = self._released
+        while released:
+            key = released.pop()  # only this method removes, under the lock
+            if key in parked:
+                self._recheck(key, now)
+        due = self._due
+        ripe = []
+        while due and due[0][0] <= now:
+            ripe.append(heapq.heappop(due))
+        # Taken off the heap first: a breaker parked again below, even with a
+        # time already due, waits for the next batch instead of looping here.
+        for at, key in ripe:
+            if parked.get(key) == at:  # else parked anew, or released, since
+                self._recheck(key, now)
+
+    def _recheck(self, key: str, now: float) -> None:
+        """Keep ``key`` parked if still protected, else make it a candidate again. Lock held."""
+        if self._breakers[key].protected(now):
+            self._park(key, now)
+        else:
+            del self._parked[key]
+            self._active[key] = self._breakers[key]
+
+    def _park(self, key: str, now: float) -> None:
+        """Take ``key``, found protected at ``now``, out of the candidates. Lock held."""
+        self._active.pop(key, None)
+        # Only an open breaker's protection ends by time alone; a breaker
+        # forced open or disabled is freed by the notice of its reset. A time
+        # already past (it changed meanwhile) means: look again next batch.
+        at = self._breakers[key].next_transition_at()
+        if at is None:
+            at = _NEVER
+        else:
+            at = max(at, now)
+            heapq.heappush(self._due, (at, key))
+        self._parked[key] = at
+
+    def _forget_marks(self, now: float) -> None:
+        """Drop the marks older than every window but one, which still bounds older ticks."""
+        times = self._mark_times
+        horizon = now - self._max_window
+        n = 0
+        while n + 1 < len(times) and times[n + 1] < horizon:
+            n += 1
+        if n:
+            del times[:n]
+            del self._mark_ticks[:n]
+
+
+def _watch(released: set[str], listener: StateListener | None) -> StateListener:
+    """The ``on_state_change`` of every breaker of a registry.
+
+    It notes the key of a breaker leaving a protected state, so the registry
+    looks at a parked breaker again only when it may have been freed, then
+    passes the change on to the registry's own listener. It holds the set, not
+    the registry, so a breaker kept after its registry keeps nothing else alive.
+    """
+
+    def on_state_change(change: StateChange) -> object:
+        if change.old in _PROTECTED_STATES:
+            released.add(change.name)
+        if listener is None:
+            return None
+        return listener(change)
+
+    return on_state_change
 
 
 def registry_from(

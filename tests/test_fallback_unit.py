@@ -563,3 +563,61 @@ def test_store_and_lookup_from_several_threads() -> None:
     assert lkg.bytes_stored == sum(len(entry.content) for entry in found)
     assert 0 < len(lkg) <= 25
     assert lkg.bytes_stored <= 400
+
+
+# -- Age: one value, the stored response's own age plus the time since ---------------
+
+
+def served_age(lkg: LastKnownGood, entry: StoredResponse) -> list[str]:
+    """The Age values of ``entry`` served as the integrations build it."""
+    headers = [*entry.headers, *stale_headers(lkg.age(entry))]
+    return [value for name, value in headers if name.lower() == "age"]
+
+
+@pytest.mark.parametrize(
+    ("age_headers", "own"),
+    [
+        ([], 0),
+        ([("Age", "100")], 100),
+        ([("age", "007")], 7),
+        ([("AGE", " 100 ")], 100),
+        ([("Age", "100, 5")], 100),  # a list: the first member (RFC 9111 §5.1)
+        ([("Age", "100"), ("Age", "5")], 100),  # two field lines: the first
+        ([("Age", "garbage")], 0),  # not delta-seconds: ignored
+        ([("Age", "-3")], 0),
+        ([("Age", "1.5")], 0),
+        ([("Age", "")], 0),
+        ([("Age", "²")], 0),  # a digit to str.isdigit(), not to HTTP
+        ([("Age", "9" * 50)], 2**31),  # past what a cache may send
+    ],
+)
+def test_a_stored_age_is_served_as_one_value_added_to_the_time_since(
+    age_headers: list[tuple[str, str]], own: int
+) -> None:
+    clock = ManualClock(1000.0)
+    lkg = LastKnownGood(clock=clock)
+    store(lkg, headers=[("Content-Type", "text/plain"), *age_headers, ("ETag", '"1"')])
+    entry = lkg.lookup(URL, NONE)
+    assert entry is not None
+    assert entry.age == own
+    assert entry.headers == (("Content-Type", "text/plain"), ("ETag", '"1"'))
+    clock.advance(5.5)
+    assert lkg.age(entry) == min(own + 5, 2**31)
+    assert served_age(lkg, entry) == [str(min(own + 5, 2**31))]
+
+
+def test_max_age_counts_from_when_a_response_was_stored() -> None:
+    # The stored response's own age is reported, not held against it.
+    clock = ManualClock()
+    lkg = LastKnownGood(max_age=10, clock=clock)
+    store(lkg, headers=[("Age", "1000")])
+    clock.advance(10)
+    entry = lkg.lookup(URL, NONE)
+    assert entry is not None
+    assert lkg.age(entry) == 1010
+
+
+def test_a_stored_response_without_an_own_age_defaults_to_zero() -> None:
+    entry = StoredResponse(200, "OK", (), b"", stored_at=100.0, vary=())
+    assert entry.age == 0
+    assert LastKnownGood(clock=ManualClock(103.0)).age(entry) == 3

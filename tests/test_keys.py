@@ -321,3 +321,23 @@ def test_an_unreadable_url_gets_no_key_rather_than_an_error(url: str) -> None:
 
 def test_an_out_of_range_port_is_dropped_from_the_key() -> None:
     assert by_host("GET", "http://h:99999999999/") == "http://h"
+
+
+HOSTLESS = ["http:///path", "https:///", "file:///x", "mailto:a@b", "", "http://:80/", "//h/x"]
+
+
+@pytest.mark.parametrize("url", HOSTLESS)
+def test_a_url_without_a_host_or_scheme_gets_no_key(url: str) -> None:
+    # Not one stray breaker "://" shared by every such request: no breaker at all.
+    assert by_host("GET", url) is None
+    assert by_route("/path", "/{any}")("GET", url) is None
+
+
+def test_from_parts_without_a_host_or_scheme_gets_no_key() -> None:
+    route = by_route("/path", "/{any}")
+    for key in (HostKey(), route):
+        assert key.from_parts("GET", "http", "", None, "/path") is None
+        assert key.from_parts("GET", "http", "", 8080, "/path") is None
+        assert key.from_parts("GET", "", "h.test", None, "/path") is None
+        assert key.from_parts("GET", "", "", None, "") is None
+    assert route.from_parts("GET", "http", "h.test", None, "/path") == "http://h.test/path"

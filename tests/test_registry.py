@@ -619,3 +619,210 @@ def test_a_non_ascii_rule_host_matches_the_idna_key() -> None:
     assert registry.config_for("https://xn--bcher-kva.example") is one
     assert registry.config_for("https://api.xn--bcher-kva.example") is two
     assert registry.config_for("https://other.example") is registry.default
+
+
+# -- eviction while many breakers are protected ------------------------------------
+
+
+class CountingProtected:
+    """Counts how many breakers the registry examines (calls to ``protected``).
+
+    Raises as soon as ``budget`` is spent, so a registry that rescans every
+    protected breaker fails in milliseconds rather than running for minutes.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+        self.calls = 0
+        self.budget = budget
+        original = CircuitBreaker.protected
+
+        def protected(breaker: CircuitBreaker, now: float) -> bool:
+            self.calls += 1
+            if self.calls > self.budget:
+                raise AssertionError(f"examined more than {self.budget} breakers")
+            return original(breaker, now)
+
+        monkeypatch.setattr(CircuitBreaker, "protected", protected)
+
+
+def protect_many(registry: BreakerRegistry, n: int) -> list[CircuitBreaker]:
+    """Fill ``registry`` with ``n`` protected breakers: forced open, disabled and open."""
+    breakers = []
+    for i in range(n):
+        breaker = registry.get(f"https://p{i}.test")
+        if i % 3 == 0:
+            breaker.force_open()
+        elif i % 3 == 1:
+            breaker.disable()
+        else:
+            trip(breaker)
+        breakers.append(breaker)
+    return breakers
+
+
+def test_a_failing_host_in_use_trips_while_protected_breakers_fill_the_registry() -> None:
+    # 10,000 protected breakers take the whole bound; a failing host keeps
+    # being used among 20,000 new keys. Its breaker must stay the same one (a
+    # fresh breaker forgets its failures) until it has seen enough to trip.
+    clock = ManualClock()
+    failing = "https://failing.test"
+    slow_to_trip = BreakerConfig(consecutive_failures=200, failure_rate=None)
+    registry = BreakerRegistry(
+        TRIPPY.replace(open_duration=3600.0, max_open_duration=3600.0),
+        rules={"failing.test": slow_to_trip},
+        max_breakers=10_000,
+        clock=clock,
+    )
+    protected = protect_many(registry, 10_000)
+    breaker = registry.get(failing)
+    for i in range(20_000):
+        registry.get(f"https://new{i}.test")
+        if i % 100 == 99:
+            assert registry.get(failing) is breaker, f"dropped after {i + 1} new keys"
+            with contextlib.suppress(RuntimeError, CircuitOpenError):
+                breaker.call(boom)
+    assert breaker.state is OPEN
+    assert breaker.snapshot().failures == 200
+    kept = held(registry)
+    assert all(kept[b.name] is b for b in protected), "a protected breaker was dropped"
+    # Past the protected ones, about a tenth of the bound: the batch that is
+    # kept, and the batch that the next eviction will drop.
+    assert len(registry) <= 10_000 + 1 + 2 * 1_000
+
+
+@pytest.mark.parametrize("protected", [0, 10_000])
+def test_creating_keys_examines_few_breakers_however_many_are_protected(
+    monkeypatch: pytest.MonkeyPatch, protected: int
+) -> None:
+    # Counted, not timed: the registry examines a breaker through protected().
+    # Batches of a tenth examine about ten breakers per creation; rescanning
+    # the protected ones would examine 10,000 per creation.
+    clock = ManualClock()
+    registry = BreakerRegistry(
+        TRIPPY.replace(open_duration=3600.0, max_open_duration=3600.0),
+        max_breakers=10_000,
+        clock=clock,
+    )
+    protect_many(registry, protected)
+    for i in range(10_000 - protected):
+        registry.get(f"https://warm{i}.test")
+    created = 2_000
+    counter = CountingProtected(monkeypatch, budget=20 * created)
+    for i in range(created):
+        registry.get(f"https://new{i}.test")
+    assert counter.calls <= 20 * created
+    assert len(registry) <= 10_000 + 1 + 2 * 1_000
+
+
+def test_parked_breakers_come_back_once_their_open_period_ends() -> None:
+    # Open breakers are parked until their open period may have ended; then
+    # they are candidates again and the registry shrinks back to its bound.
+    clock = ManualClock()
+    registry = BreakerRegistry(TRIPPY, max_breakers=1_000, clock=clock)
+    opened = []
+    for i in range(2_000):
+        breaker = registry.get(f"https://open{i}.test")
+        trip(breaker)
+        opened.append(breaker)
+    for i in range(500):
+        registry.get(f"https://new{i}.test")
+    assert all(breaker.name in registry for breaker in opened)
+    clock.advance(9.999)
+    registry.get("https://one-more.test")
+    assert all(breaker.name in registry for breaker in opened)
+    clock.advance(0.001)  # every open period has ended: all are fair game
+    for i in range(1_000):
+        registry.get(f"https://later{i}.test")
+    assert len(registry) <= 1_000
+    assert not any(breaker.name in registry for breaker in opened), "least recently used first"
+
+
+def test_a_breaker_reset_long_after_it_was_parked_is_dropped_again() -> None:
+    # A breaker forced open is parked with no time to look at it again: only
+    # its reset, which it reports, makes it a candidate.
+    registry = BreakerRegistry(max_breakers=100)
+    forced = []
+    for i in range(300):
+        forced.append(registry.get(f"f{i}"))
+        forced[-1].force_open()
+    for i in range(1_000):
+        registry.get(f"n{i}")
+    assert all(held(registry).get(b.name) is b for b in forced)
+    for breaker in forced[:200]:
+        breaker.reset()
+    for i in range(200):
+        registry.get(f"m{i}")
+    kept = held(registry)
+    assert all(kept.get(b.name) is b for b in forced[200:])
+    assert not any(b.name in kept for b in forced[:200])
+    assert len(registry) <= 100 + 100  # the 100 still forced, and the newest others
+
+
+def test_idle_breakers_are_dropped_before_any_used_within_its_window() -> None:
+    # "long" (a 300 s window) was used longer ago than the others (30 s), but
+    # still within its window: plain LRU would drop it first.
+    clock = ManualClock()
+    long_window = BreakerConfig(window=300.0)
+    registry = BreakerRegistry(
+        BreakerConfig(window=30.0),
+        rules={"long.test": long_window},
+        max_breakers=10,
+        clock=clock,
+    )
+    long = registry.get("https://long.test")
+    clock.advance(20.0)
+    idle = [registry.get(f"https://idle{i}.test") for i in range(9)]
+    clock.advance(40.0)  # the idle ones were last used 40 s ago: past their 30 s window
+    for i in range(9):
+        registry.get(f"https://new{i}.test")
+        assert held(registry).get("https://long.test") is long, f"dropped at new key {i}"
+    assert not any(breaker.name in registry for breaker in idle)
+    # No idle breaker is left: now the least recently used goes, "long" among them.
+    registry.get("https://new9.test")
+    assert "https://long.test" not in registry
+
+
+def test_get_of_an_existing_key_reads_no_clock() -> None:
+    # The lock-free hot path records a tick only: a clock read per request
+    # would cost more than the whole lookup.
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        return 0.0
+
+    registry = BreakerRegistry(clock=clock)
+    breaker = registry.get("https://a.test")
+    before = reads
+    for _ in range(100):
+        assert registry.get("https://a.test") is breaker
+    assert reads == before
+
+
+def test_a_failing_clock_postpones_eviction_but_never_fails_a_get() -> None:
+    readings: list[float] = []
+    broken = False
+
+    def clock() -> float:
+        if broken:
+            raise OSError("clock gone")
+        readings.append(0.0)
+        return 0.0
+
+    registry = BreakerRegistry(max_breakers=2, clock=clock)
+    registry.get("a")
+    registry.get("b")
+    broken = True
+    c = registry.get("c")
+    assert c.name == "c"
+    assert len(registry) == 3  # nothing dropped without a reading to judge by
+    broken = False
+    registry.get("d")
+    assert len(registry) <= 2
+    assert "d" in registry
+
+
+def test_on_state_change_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="on_state_change must be callable"):
+        BreakerRegistry(on_state_change="not callable")  # type: ignore[arg-type]
