@@ -8,6 +8,38 @@ asyncio tasks and trio tasks alike without any asyncio-only primitive.
 Hot path (closed state): admission reads one attribute of the core and takes
 no lock; the outcome takes one lock round trip and one clock read (two when
 slow calls or ``classify`` need the duration); a plain success emits nothing.
+What a call adds besides is the re-entrancy mark: one ``ContextVar`` read,
+set and reset.
+
+Re-entrancy. Each breaker has a ``ContextVar`` that is set while a call
+through it runs in the current context (a thread's own, or an asyncio or trio
+task's). A call that finds it set is part of that outer call: it is neither
+admitted nor recorded. The value is a stack of ``with`` blocks (each
+:class:`_Block` links to the value it replaced), so ``with breaker:`` keeps its
+permit per thread and task, never on the breaker object. Work that starts
+inside a call and carries its context along (a task created there,
+``asyncio.to_thread``, ``contextvars.copy_context().run``) is part of that call
+too. The low-level :meth:`CircuitBreaker.acquire`/:meth:`CircuitBreaker.record`
+protocol of the HTTP integrations does not look at the mark: each request they
+send settles on its own.
+
+Clock trouble. The clock is a user callable. A reading that raises or is not
+a finite number never costs a function its result: the outcome is not
+recorded (a half-open trial gives its slot back) and a WARNING is logged, once
+per breaker. Where a reading is needed to decide (admission while not closed,
+``state``, ``snapshot``, manual control) the error propagates instead (a
+``ValueError`` for a reading that is not finite), before anything runs or
+changes.
+
+Deferred outcomes. A response dropped without being closed is settled from its
+finaliser through :meth:`CircuitBreaker.record_later`, which must never wait
+for the lock (the collector may have interrupted this very thread while it held
+it). The outcome is queued with the clock reading of that moment and filed,
+when the queue is drained, in the bucket of that time (or dropped if that
+bucket has aged out of the window). Every recorded outcome and every look
+drains the queue first, and once it holds more than ``_DEFERRED_DRAIN_AT``
+entries ``record_later`` drains it itself when the lock is free, so it stays
+short without any traffic but dropped responses.
 """
 
 from __future__ import annotations
@@ -15,11 +47,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import random as _random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from contextvars import ContextVar, Token
 from threading import Lock
-from typing import Any, ParamSpec, TypeVar, overload
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
 
 from . import _clock
 from ._core import (
@@ -42,6 +77,9 @@ logger.addHandler(logging.NullHandler())
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Y = TypeVar("Y")
+S = TypeVar("S")
+F = TypeVar("F", bound=Callable[..., Any])
 
 StateListener = Callable[[StateChange], object]
 """A callable that receives every :class:`StateChange` of a breaker."""
@@ -52,6 +90,56 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
 _DEFAULT_CONFIG = BreakerConfig()
+_INF = math.inf
+_NINF = -math.inf
+
+_DEFERRED_DRAIN_AT = 32
+"""Past this many queued deferred outcomes, ``record_later`` drains the queue
+itself whenever the lock is free."""
+_DEFERRED_CAP = 4096
+"""The last resort: a deferred outcome that finds this many queued while the
+lock is taken is dropped (and counted in ``deferred_dropped``)."""
+
+
+class _NotAwaitable(TypeError):
+    """Raised inside ``call_async`` for a result that cannot be awaited."""
+
+
+class _Call:
+    """The mark of a call (or a generator step) running through a breaker."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<call running>"
+
+
+_CALL = _Call()
+
+
+class _Block:
+    """One ``with breaker:`` block running in one context.
+
+    ``outer`` is the value the breaker's context variable held before the
+    block (``None``, a running call, or an enclosing block), ``permit`` is
+    ``None`` for a block nested in another call through the same breaker.
+    """
+
+    __slots__ = ("outer", "permit", "start", "token")
+
+    def __init__(self, outer: object, permit: int | None, start: float | None) -> None:
+        self.outer = outer
+        self.permit = permit
+        self.start = start
+        self.token: Token[object] | None = None
+
+
+def _finite(reading: object) -> bool:
+    """Whether a clock reading is a finite number."""
+    try:
+        return _NINF < reading < _INF  # type: ignore[operator]
+    except TypeError:  # not a number at all
+        return False
 
 
 class CircuitBreaker:
@@ -66,25 +154,34 @@ class CircuitBreaker:
             transition, outside the lock, one at a time and in transition order.
             An exception it raises is logged, never propagated.
 
-    Use it with :meth:`call`, :meth:`call_async`, or as a decorator on a plain
-    or ``async def`` function. An exception from the function is a failure, a
-    return is a success; a cancellation (``asyncio.CancelledError``, trio's
-    ``Cancelled``, ``KeyboardInterrupt``: any ``BaseException`` that is not an
+    Use it with :meth:`call`, :meth:`call_async`, as a decorator (on a plain
+    function, an ``async def`` function, a generator function or an async
+    generator function), or as ``with breaker:`` / ``async with breaker:``.
+    An exception from the function (or the block) is a failure, a return is a
+    success; a cancellation (``asyncio.CancelledError``, trio's ``Cancelled``,
+    ``KeyboardInterrupt``: any ``BaseException`` that is not an
     ``Exception``) records nothing and gives a half-open trial slot back.
+
+    A call through the breaker made while another call through it already
+    runs in the same thread or task is part of that outer call: it is neither
+    admitted nor recorded separately.
     """
 
     __slots__ = (
         "__weakref__",
+        "_clock_warned",
         "_core",
         "_deferred",
         "_dispatching",
         "_listener",
         "_lock",
         "_queue",
+        "_running",
         "_slow_after",
         "classifier",
         "clock",
         "config",
+        "deferred_dropped",
         "name",
         "timed",
     )
@@ -116,9 +213,17 @@ class CircuitBreaker:
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
         self._queue: deque[StateChange] = deque()
-        # Outcomes settled from a finaliser, which must never take the lock.
-        self._deferred: deque[tuple[int, bool]] = deque()
+        # Outcomes settled where the lock must not be waited for (finalisers):
+        # (permit, clock reading when settled or None, failed, slow).
+        self._deferred: deque[tuple[int, float | None, bool, bool]] = deque()
+        #: Deferred outcomes dropped because the queue was full (read-only).
+        self.deferred_dropped = 0
         self._dispatching = False
+        self._clock_warned = False
+        # Set while a call through this breaker runs in the current context.
+        self._running: ContextVar[object] = ContextVar(
+            f"circuitbreaker_http.running:{name}", default=None
+        )
         #: The configured ``classify`` hook, or ``None`` (read-only).
         self.classifier = config.classify
         self._slow_after = config.slow_call_duration
@@ -136,7 +241,7 @@ class CircuitBreaker:
         """The current state (an open breaker whose period has ended turns half-open here)."""
         core = self._core
         with self._lock:
-            now = self.clock()
+            now = self._now()
             if self._deferred:
                 self._apply_deferred(now)
             core.poll(now)
@@ -150,7 +255,7 @@ class CircuitBreaker:
         """Return a consistent view of the breaker: state, window counts, time to retry."""
         core = self._core
         with self._lock:
-            now = self.clock()
+            now = self._now()
             if self._deferred:
                 self._apply_deferred(now)
             snap = core.snapshot(now)
@@ -162,7 +267,10 @@ class CircuitBreaker:
     def export_state(self) -> CoreState:
         """Return the breaker's state as a plain value (window buckets, state, open-until)."""
         with self._lock:
-            return self._core.export(self.clock())
+            now = self._now()
+            if self._deferred:
+                self._apply_deferred(now)
+            return self._core.export(now)
 
     def next_transition_at(self) -> float | None:
         """The clock reading at which time alone would change the state, if any."""
@@ -186,7 +294,7 @@ class CircuitBreaker:
     def _manual(self, action: Callable[[BreakerCore, float], None]) -> None:
         core = self._core
         with self._lock:
-            action(core, self.clock())
+            action(core, self._now())
             drain = self._enqueue() if core.changes else False
         if drain:
             self._drain()
@@ -198,7 +306,8 @@ class CircuitBreaker:
 
         This is the low-level protocol the HTTP integrations use; most code
         wants :meth:`call`. Every permit must be settled exactly once with
-        :meth:`record` or :meth:`release`.
+        :meth:`record`, :meth:`record_later` or :meth:`release`. It does not
+        take part in re-entrancy: every permit is a call of its own.
 
         Args:
             error: The :class:`CircuitOpenError` subclass to raise on a short
@@ -206,6 +315,9 @@ class CircuitBreaker:
 
         Raises:
             CircuitOpenError: the call may not pass (an instance of ``error``).
+            ValueError: the breaker is not closed and its clock gave a reading
+                that is not a finite number (whatever the clock raises
+                propagates too).
         """
         permit = self._core.fast_permit
         if permit is None:
@@ -221,6 +333,9 @@ class CircuitBreaker:
     ) -> None:
         """Settle ``permit`` with an outcome.
 
+        Never raises because of the clock: when it fails, the outcome is not
+        recorded (a trial gives its slot back) and a WARNING is logged once.
+
         Args:
             permit: What :meth:`acquire` returned.
             failed: Whether the call failed.
@@ -231,46 +346,121 @@ class CircuitBreaker:
             return
         slow_after = self._slow_after
         slow = slow_after is not None and duration is not None and duration > slow_after
-        core = self._core
         lock = self._lock
         lock.acquire()  # cheaper than ``with`` on the hot path
+        try:
+            drain = self._record_locked(permit, failed, slow, retry_after)
+        finally:
+            lock.release()
+        if drain is True:
+            self._drain()
+        elif drain is not False:
+            self._clock_failed(drain)
+
+    def _record_locked(
+        self, permit: int, failed: bool, slow: bool, retry_after: float | None
+    ) -> bool | Exception:
+        """Record with the lock held: whether to deliver events, or why the clock failed."""
+        core = self._core
         try:
             now = self.clock()
             if self._deferred:
                 self._apply_deferred(now)
             if failed or slow:
-                core.record(
-                    permit, now, failed, slow, None if retry_after is None else now + retry_after
-                )
+                retry_at = None if retry_after is None else now + retry_after
+                core.record(permit, now, failed, slow, retry_at)
             else:
                 core.success(permit, now)
-            if not core.changes:
-                return
-            drain = self._enqueue()
-        finally:
-            lock.release()
-        if drain:
-            self._drain()
+        except Exception as exc:
+            # The clock raised, or its reading is one the core refuses (it
+            # changes nothing then): no outcome, but the permit is settled.
+            core.release(permit)
+            return exc
+        return self._enqueue() if core.changes else False
 
-    def record_later(self, permit: int, duration: float | None = None) -> None:
-        """Settle ``permit`` as a success without taking the lock (safe in ``__del__``).
+    def _record_soft(self, permit: int, failed: bool, duration: float | None) -> None:
+        """:meth:`record`, but never waiting for the lock.
 
-        The outcome is applied at the breaker's next recorded outcome or look.
-        The HTTP integrations use it for a response that is garbage-collected
-        before it was closed.
+        For outcomes that may be settled by the garbage collector (a generator
+        closed when it is collected), which may have interrupted this very
+        thread while it held the lock: when the lock is taken the outcome is
+        deferred, as :meth:`record_later` does.
         """
         if not permit:
             return
         slow_after = self._slow_after
         slow = slow_after is not None and duration is not None and duration > slow_after
-        self._deferred.append((permit, slow))
+        lock = self._lock
+        if not lock.acquire(blocking=False):
+            self._defer(permit, failed, slow)
+            return
+        try:
+            drain = self._record_locked(permit, failed, slow, None)
+        finally:
+            lock.release()
+        if drain is True:
+            self._drain()
+        elif drain is not False:
+            self._clock_failed(drain)
+
+    def record_later(self, permit: int, duration: float | None = None) -> None:
+        """Settle ``permit`` as a success without waiting for the lock (safe in ``__del__``).
+
+        The HTTP integrations use it for a response that is garbage-collected
+        before it was closed. The clock is read now, so the outcome is filed
+        in the window at the time it settled when it is applied: at the
+        breaker's next recorded outcome or look, or right here once enough
+        are queued and the lock is free. Events it causes are delivered by the
+        next call that takes the lock. Nothing escapes from it, not even an
+        error of the clock.
+        """
+        if not permit:
+            return
+        slow_after = self._slow_after
+        slow = slow_after is not None and duration is not None and duration > slow_after
+        self._defer(permit, False, slow)
+
+    def _defer(self, permit: int, failed: bool, slow: bool) -> None:
+        """Queue an outcome with the time it settled, never waiting for the lock."""
+        try:
+            at: float | None = self.clock()
+        except Exception:  # a finaliser must not raise: file it when learnt
+            at = None
+        if not _finite(at):
+            at = None
+        entry = (permit, at, failed, slow)
+        deferred = self._deferred
+        queued = len(deferred) < _DEFERRED_CAP
+        if queued:
+            deferred.append(entry)
+            if len(deferred) <= _DEFERRED_DRAIN_AT:
+                return
+        lock = self._lock
+        if at is None or not lock.acquire(blocking=False):
+            # No reading to drain with, or the lock is taken (maybe by this
+            # very thread, interrupted by the collector): the next drain will
+            # do, and past the cap the outcome is lost, counted.
+            if not queued:
+                self.deferred_dropped += 1
+            return
+        try:
+            if not queued:
+                deferred.append(entry)
+            # Events stay in core.changes for the next lock holder to deliver:
+            # listeners must not run inside a finaliser.
+            self._apply_deferred(at)
+        finally:
+            lock.release()
 
     def _apply_deferred(self, now: float) -> None:
-        core = self._core
+        """File the queued deferred outcomes. Call with the lock held."""
+        if not _finite(now):
+            return  # keep them for a reading the core accepts
+        late = self._core.record_late
         deferred = self._deferred
         while deferred:
-            permit, slow = deferred.popleft()
-            core.record(permit, now, False, slow)
+            permit, at, failed, slow = deferred.popleft()
+            late(permit, at, now, failed, slow)
 
     def is_trial(self, permit: int) -> bool:
         """Whether ``permit`` is a half-open trial's that has not settled yet."""
@@ -346,55 +536,90 @@ class CircuitBreaker:
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through the breaker and return its result.
 
+        Made while a call through this breaker already runs in the same thread
+        or task, it is part of that call: ``fn`` just runs.
+
         Raises:
             CircuitOpenError: the breaker does not let the call through.
             Exception: whatever ``fn`` raises (recorded as a failure unless it
                 is a ``CircuitOpenError`` of another breaker or ``classify`` says so).
         """
+        running = self._running
         core = self._core
         permit = core.fast_permit
         if permit is None:
+            if running.get() is not None:
+                return fn(*args, **kwargs)  # part of the call already running
+            if core.state is _OPEN:
+                # The rejection, inlined: one frame less for it to unwind.
+                now = self.clock()
+                if now < core.open_until:
+                    raise CircuitOpenError(self.name, _OPEN, core.open_until - now)
             permit = self._admit()
+        elif running.get():  # None, or a truthy mark
+            return fn(*args, **kwargs)  # part of the call already running
         if self.timed:
             return self._call_timed(permit, fn, *args, **kwargs)
+        token = running.set(_CALL)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self._failed(permit, 0.0, exc)
+            running.reset(token)
+            self._raised(permit, None, exc, fn)
             raise
         except BaseException:
+            running.reset(token)
             self.release(permit)
             raise
+        running.reset(token)
         if not permit:
             return result
-        # The plain success, inlined: one lock round trip, one clock read, no event.
+        # The plain success, inlined: one lock round trip, one clock read, no
+        # event, and the core's own fast path (see BreakerCore) without a call.
+        trouble = None
         lock = self._lock
         lock.acquire()  # cheaper than ``with`` on the hot path
         try:
-            core.success(permit, self.clock())
+            now = self.clock()
+            if now < core.success_fast_until and permit == core.cycle:
+                core.pending_successes += 1
+                return result
+            core.success(permit, now)
             if not core.changes:
                 return result
             drain = self._enqueue()
+        except Exception as exc:
+            # A clock that raised or gave a reading the core refuses must not
+            # cost the caller fn's result.
+            core.release(permit)
+            trouble = exc
         finally:
             lock.release()
-        if drain:
+        if trouble is not None:
+            self._clock_failed(trouble)
+        elif drain:
             self._drain()
         return result
 
     def _call_timed(
         self, permit: int, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        start = self.clock()
+        running = self._running
+        token = running.set(_CALL)
+        start = self._reading()
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self._failed(permit, start, exc)
+            running.reset(token)
+            self._raised(permit, self._since(start), exc, fn)
             raise
         except BaseException:
+            running.reset(token)
             self.release(permit)
             raise
+        running.reset(token)
         if permit:
-            self._succeeded(permit, start)
+            self._succeeded(permit, self._since(start))
         return result
 
     async def call_async(
@@ -403,51 +628,297 @@ class CircuitBreaker:
         """Await ``fn(*args, **kwargs)`` through the breaker and return its result.
 
         Works under asyncio and trio alike. Cancelling the task records nothing.
+        Made while a call through this breaker already runs in the same task,
+        it is part of that call.
 
         Raises:
             CircuitOpenError: the breaker does not let the call through.
+            TypeError: ``fn`` is not callable or did not return an awaitable
+                (nothing is recorded).
             Exception: whatever ``fn`` raises.
         """
+        running = self._running
+        if running.get() is not None:
+            return await fn(*args, **kwargs)
+        if not callable(fn):
+            raise TypeError(f"call_async needs a callable returning an awaitable, got {fn!r}")
         core = self._core
         permit = core.fast_permit
         if permit is None:
             permit = self._admit()
-        start = self.clock() if self.timed else 0.0
+        timed = self.timed
+        token = running.set(_CALL)
+        start = self._reading() if timed else None
         try:
-            result = await fn(*args, **kwargs)
+            awaitable: object = fn(*args, **kwargs)
+            if not inspect.isawaitable(awaitable):
+                # Checked before anything is recorded: a bug of the caller's,
+                # not an outcome of the upstream's.
+                raise _NotAwaitable(
+                    f"call_async needs a callable returning an awaitable; {fn!r} "
+                    f"returned {type(awaitable).__name__}"
+                )
+            result = cast(R, await awaitable)
+        except _NotAwaitable as exc:
+            running.reset(token)
+            self.release(permit)
+            raise TypeError(str(exc)) from None
         except Exception as exc:
-            self._failed(permit, start, exc)
+            running.reset(token)
+            self._raised(permit, self._since(start) if timed else None, exc, fn)
             raise
         except BaseException:
+            running.reset(token)
             self.release(permit)
             raise
+        running.reset(token)
         if permit:
             # An await costs far more than a method call: no inlining here.
-            if self.timed:
-                self._succeeded(permit, start)
+            if timed:
+                self._succeeded(permit, self._since(start))
             else:
                 self.record(permit, False)
         return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a plain or ``async def`` function so every call goes through the breaker."""
-        if inspect.iscoroutinefunction(fn):
+    def __call__(self, fn: F) -> F:
+        """Decorate a function so every call of it goes through the breaker.
+
+        A plain function, an ``async def`` function, a generator function and
+        an async generator function each stay what they are. For a generator
+        the call is the iteration: it is admitted when the iteration starts (at
+        the first ``next()``/``send()``/``asend()``, which raises
+        :class:`CircuitOpenError` when it may not), an exception raised while
+        it is iterated is a failure, exhaustion or ``close()`` a success, a
+        cancellation records nothing. Its duration is the time spent inside
+        the generator, not the consumer's time between items; it counts as
+        running through the breaker only while one of its steps runs. Values
+        and exceptions sent in with ``send()``/``throw()`` (``asend()``/
+        ``athrow()``) pass through to it.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"a circuit breaker decorates a callable, got {fn!r}")
+        breaker = self
+        wrapped: Callable[..., Any]
+        if inspect.isasyncgenfunction(fn):
+            wrapped = self._wrap_async_generator(fn)
+        elif inspect.isgeneratorfunction(fn):
 
             @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call_async(fn, *args, **kwargs)
+            def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+                return (yield from breaker._iterate(fn(*args, **kwargs)))
 
-            return async_wrapper
+            wrapped = generator_wrapper
+        elif inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await breaker.call_async(fn, *args, **kwargs)
+
+            wrapped = async_wrapper
+        else:
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return breaker.call(fn, *args, **kwargs)
+
+            wrapped = wrapper
+        return cast(F, wrapped)
+
+    # -- generators ------------------------------------------------------------
+
+    def _iterate(self, gen: Generator[Y, S, R]) -> Generator[Y, S, R]:
+        """Drive ``gen`` as one call through the breaker, passing sends and throws on."""
+        running = self._running
+        if running.get() is not None:
+            # Iterated inside a call through this breaker: part of that call.
+            return (yield from gen)
+        permit = self.acquire()
+        timed = self.timed
+        spent: float | None = 0.0 if timed else None
+        closing = False
+        sent: Any = None
+        thrown: BaseException | None = None
+        try:
+            while True:
+                token = running.set(_CALL)
+                began = self._reading() if timed else None
+                try:
+                    if thrown is None:
+                        value = gen.send(sent)
+                    else:
+                        exc, thrown = thrown, None
+                        value = gen.throw(exc)
+                finally:
+                    running.reset(token)
+                    if timed:
+                        spent = self._add_since(spent, began)
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    # close(), maybe by the garbage collector: settle without
+                    # waiting for the lock from here on.
+                    closing = True
+                    token = running.set(_CALL)
+                    try:
+                        gen.close()
+                    finally:
+                        running.reset(token)
+                    raise
+                except BaseException as exc:  # thrown in: the generator decides
+                    thrown = exc
+        except StopIteration as stop:
+            self._settle_success(permit, spent, soft=False)
+            return cast(R, stop.value)
+        except GeneratorExit:
+            self._settle_success(permit, spent, soft=True)
+            raise
+        except Exception as exc:
+            self._raised(permit, spent, exc, None, soft=closing)
+            raise
+        except BaseException:
+            self.release(permit)
+            raise
+
+    def _wrap_async_generator(
+        self, fn: Callable[..., AsyncGenerator[Any, Any]]
+    ) -> Callable[..., AsyncGenerator[Any, Any]]:
+        breaker = self
+        running = self._running
 
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call(fn, *args, **kwargs)
+        async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            agen = fn(*args, **kwargs)
+            # Iterated inside a call through this breaker: part of that call.
+            own = running.get() is None
+            permit = breaker.acquire() if own else 0
+            timed = own and breaker.timed
+            spent: float | None = 0.0 if timed else None
+            sent: Any = None
+            thrown: BaseException | None = None
+            try:
+                while True:
+                    token = running.set(_CALL) if own else None
+                    began = breaker._reading() if timed else None
+                    try:
+                        if thrown is None:
+                            value = await agen.asend(sent)
+                        else:
+                            exc, thrown = thrown, None
+                            value = await agen.athrow(exc)
+                    finally:
+                        if token is not None:
+                            running.reset(token)
+                        if timed:
+                            spent = breaker._add_since(spent, began)
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        token = running.set(_CALL) if own else None
+                        try:
+                            await agen.aclose()
+                        finally:
+                            if token is not None:
+                                running.reset(token)
+                        raise
+                    except BaseException as exc:  # thrown in: the generator decides
+                        thrown = exc
+            except StopAsyncIteration:
+                if own:
+                    breaker._settle_success(permit, spent, soft=False)
+                return
+            except GeneratorExit:
+                if own:
+                    breaker._settle_success(permit, spent, soft=True)
+                raise
+            except Exception as exc:
+                if own:
+                    breaker._raised(permit, spent, exc, None)
+                raise
+            except BaseException:
+                if own:
+                    breaker.release(permit)
+                raise
 
-        return wrapper
+        return async_generator_wrapper
+
+    # -- with breaker: ---------------------------------------------------------
+
+    def __enter__(self) -> CircuitBreaker:
+        """Run the block through the breaker.
+
+        Raises:
+            CircuitOpenError: the block may not run.
+        """
+        self._enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Settle the block: an ``Exception`` is a failure, a cancellation nothing."""
+        self._exit(exc)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        """Run the ``async with`` block through the breaker.
+
+        Raises:
+            CircuitOpenError: the block may not run.
+        """
+        self._enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Settle the block: an ``Exception`` is a failure, a cancellation nothing."""
+        self._exit(exc)
+
+    def _enter(self) -> None:
+        running = self._running
+        outer = running.get()
+        if outer is not None:
+            block = _Block(outer, None, None)  # part of the call already running
+        else:
+            permit = self.acquire()
+            block = _Block(None, permit, self._reading() if self.timed else None)
+        block.token = running.set(block)
+
+    def _exit(self, exc: BaseException | None) -> None:
+        running = self._running
+        block = running.get()
+        if not isinstance(block, _Block):
+            raise RuntimeError(
+                f"circuit breaker {self.name!r}: a with block exited that was not "
+                "entered in this thread or task"
+            )
+        try:
+            running.reset(cast("Token[object]", block.token))
+        except (ValueError, RuntimeError):
+            # Entered in another context (a generator resumed elsewhere).
+            running.set(block.outer)
+        permit = block.permit
+        if permit is None:
+            return
+        duration = self._since(block.start) if self.timed else None
+        if exc is None:
+            self._settle_success(permit, duration, soft=False)
+        elif isinstance(exc, GeneratorExit):
+            # A generator closed around the block, maybe by the garbage
+            # collector: nothing failed.
+            self._settle_success(permit, duration, soft=True)
+        elif isinstance(exc, Exception):
+            self._raised(permit, duration, exc, None)
+        else:
+            self.release(permit)
 
     # -- internals -----------------------------------------------------------
 
@@ -461,6 +932,8 @@ class CircuitBreaker:
             raise error(self.name, _OPEN, core.open_until - now)
         if state is _FORCED_OPEN:
             raise error(self.name, _FORCED_OPEN, None)
+        if not _finite(now):
+            raise self._bad_reading(now)
         with self._lock:
             if self._deferred:
                 # A dropped response's success may be what closes the breaker.
@@ -476,30 +949,106 @@ class CircuitBreaker:
             raise error(self.name, state, retry_after)
         return permit
 
-    def _failed(self, permit: int, start: float, exc: Exception) -> None:
+    def _now(self) -> float:
+        """A clock reading to decide with; one that is not finite raises ``ValueError``."""
+        now = self.clock()
+        if _finite(now):
+            return now
+        raise self._bad_reading(now)
+
+    def _bad_reading(self, now: object) -> ValueError:
+        return ValueError(
+            f"circuit breaker {self.name!r}: its clock returned {now!r}, "
+            "not a finite number of seconds"
+        )
+
+    def _reading(self) -> float | None:
+        """A clock reading to measure with, or ``None`` (logged once) when the clock fails."""
+        try:
+            now = self.clock()
+        except Exception as exc:
+            self._clock_failed(exc)
+            return None
+        if _finite(now):
+            return now
+        self._clock_failed(self._bad_reading(now))
+        return None
+
+    def _since(self, start: float | None) -> float | None:
+        """Seconds since ``start``, or ``None`` when either reading failed."""
+        if start is None:
+            return None
+        end = self._reading()
+        return None if end is None else end - start
+
+    def _add_since(self, total: float | None, start: float | None) -> float | None:
+        """``total`` plus the seconds since ``start`` (``None`` once a reading failed)."""
+        if total is None or start is None:
+            return None
+        end = self._reading()
+        return None if end is None else total + (end - start)
+
+    def _clock_failed(self, exc: Exception) -> None:
+        """Log, once per breaker, that an outcome or a duration was lost to the clock."""
+        if self._clock_warned:
+            return
+        self._clock_warned = True
+        logger.warning(
+            "circuit breaker %r: an outcome or a duration was not recorded: %s: %s "
+            "(its clock raised or gave a reading that is not a finite number; "
+            "logged once per breaker)",
+            self.name,
+            type(exc).__name__,
+            exc,
+        )
+
+    def _raised(
+        self,
+        permit: int,
+        duration: float | None,
+        exc: Exception,
+        fn: object,
+        soft: bool = False,
+    ) -> None:
+        """Settle a call that raised ``exc``: a failure, unless it says nothing of the upstream."""
         if not permit or isinstance(exc, CircuitOpenError):
             self.release(permit)
             return
+        if fn is not None and type(exc) is TypeError and not callable(fn):
+            # ``fn`` could not even be called: a bug in the caller, not an outcome.
+            self.release(permit)
+            return
         failed = True
-        duration = self.clock() - start if self.timed else None
         if self.classifier is not None:
-            verdict = self.classify(CallInfo(self.name, "", "", None, None, exc, duration or 0.0))
+            info = CallInfo(self.name, "", "", None, None, exc, duration or 0.0)
+            verdict = self.classify(info)
             if verdict is Verdict.IGNORE:
                 self.release(permit)
                 return
             failed = verdict is not Verdict.SUCCESS
-        self.record(permit, failed, duration)
+        if soft:
+            self._record_soft(permit, failed, duration)
+        else:
+            self.record(permit, failed, duration)
 
-    def _succeeded(self, permit: int, start: float) -> None:
-        duration = self.clock() - start
+    def _succeeded(self, permit: int, duration: float | None) -> None:
+        self._settle_success(permit, duration, soft=False)
+
+    def _settle_success(self, permit: int, duration: float | None, *, soft: bool) -> None:
+        if not permit:
+            return
         failed = False
         if self.classifier is not None:
-            verdict = self.classify(CallInfo(self.name, "", "", None, None, None, duration))
+            info = CallInfo(self.name, "", "", None, None, None, duration or 0.0)
+            verdict = self.classify(info)
             if verdict is Verdict.IGNORE:
                 self.release(permit)
                 return
             failed = verdict is Verdict.FAILURE
-        self.record(permit, failed, duration)
+        if soft:
+            self._record_soft(permit, failed, duration)
+        else:
+            self.record(permit, failed, duration)
 
     def _enqueue(self) -> bool:
         """Move the core's new transitions to the delivery queue. Call with the lock held.

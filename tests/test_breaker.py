@@ -239,10 +239,16 @@ def test_half_open_with_all_slots_taken() -> None:
     seen: list[CircuitOpenError] = []
 
     def trial() -> str:
-        # while this trial holds the only slot, another call is short-circuited
-        with pytest.raises(CircuitOpenError) as info:
-            b.call(ok)
-        seen.append(info.value)
+        # while this trial holds the only slot, a call from another thread is
+        # short-circuited (one from this thread would be part of the trial)
+        def other() -> None:
+            with pytest.raises(CircuitOpenError) as info:
+                b.call(ok)
+            seen.append(info.value)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
         return "trial done"
 
     assert b.call(trial) == "trial done"

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from circuitbreaker_http import BreakerConfig, CallInfo, Verdict
+from circuitbreaker_http import BreakerConfig, CallInfo, CircuitBreaker, CircuitState, Verdict
 from circuitbreaker_http._core import DEFAULT_FAILURE_STATUSES
+from circuitbreaker_http.testing import ManualClock
 
 NAN = math.nan
 INF = math.inf
@@ -86,6 +87,8 @@ VALID: list[tuple[str, Any]] = [
     ("minimum_calls", 1),
     ("window", 0.001),
     ("window", 5),
+    ("window", 1e-6),  # the shortest
+    ("window", 1e9),  # the longest
     ("slow_call_duration", None),
     ("slow_call_duration", 0.5),
     ("slow_call_duration", 2),
@@ -150,6 +153,11 @@ BAD: list[tuple[str, Any]] = [
     ("window", True),
     ("window", None),
     ("window", "30"),
+    ("window", -INF),
+    ("window", 1e-305),  # passed once, then every call overflowed after fn ran
+    ("window", 5e-324),
+    ("window", 9.99e-7),
+    ("window", 1.01e9),
     # slow_call_duration: None or a number > 0
     ("slow_call_duration", 0),
     ("slow_call_duration", -0.1),
@@ -172,6 +180,7 @@ BAD: list[tuple[str, Any]] = [
     ("open_duration", INF),
     ("open_duration", True),
     ("open_duration", None),
+    ("open_duration", 1e10),
     # open_backoff: a number >= 1
     ("open_backoff", 0.99),
     ("open_backoff", 0),
@@ -188,6 +197,7 @@ BAD: list[tuple[str, Any]] = [
     ("max_open_duration", INF),
     ("max_open_duration", True),
     ("max_open_duration", None),
+    ("max_open_duration", 1.5e9),
     # open_jitter: 0 <= x <= 1
     ("open_jitter", -0.01),
     ("open_jitter", 1.01),
@@ -338,3 +348,51 @@ def test_classify_is_stored_as_given() -> None:
 
     config = BreakerConfig(classify=classify)
     assert config.classify is classify
+
+
+def test_the_longest_open_periods() -> None:
+    config = BreakerConfig(open_duration=1e9, max_open_duration=1e9)
+    assert config.max_open_duration == 1e9
+    with pytest.raises(ValueError, match=re.escape("BreakerConfig.open_duration must")):
+        BreakerConfig(open_duration=2e9, max_open_duration=2e9)
+
+
+@pytest.mark.parametrize("field", ["window", "open_duration", "max_open_duration"])
+def test_bounds_are_in_the_message(field: str) -> None:
+    values: dict[str, Any] = {field: 1e12}
+    with pytest.raises(ValueError, match=re.escape("1e+09")):
+        BreakerConfig(**values)
+
+
+def test_replace_method_returns_a_validated_copy() -> None:
+    base = BreakerConfig(window=10.0)
+    variant = base.replace(minimum_calls=3, failure_rate=0.25)
+    assert (variant.window, variant.minimum_calls, variant.failure_rate) == (10.0, 3, 0.25)
+    assert base.minimum_calls == 10
+    with pytest.raises(ValueError, match=re.escape("BreakerConfig.window must")):
+        base.replace(window=1e-305)
+    with pytest.raises(TypeError):
+        base.replace(no_such_field=1)
+
+
+@pytest.mark.parametrize("window", [1e-6, 1e-3, 1e9])
+@pytest.mark.parametrize("start", [0.0, 1.7e9, 1e15, -1e12])
+def test_every_valid_window_works_with_realistic_clock_readings(
+    window: float, start: float
+) -> None:
+    # The arithmetic of the window (now // (window / 10) and the bucket ends)
+    # must hold for any reading a monotonic or wall clock gives.
+    clock = ManualClock(start)
+    breaker = CircuitBreaker(
+        "w",
+        BreakerConfig(window=window, consecutive_failures=3, failure_rate=0.5, minimum_calls=4),
+        clock=clock,
+    )
+    assert breaker.call(lambda: "ok") == "ok"
+    clock.advance(window / 3)
+    assert breaker.call(lambda: "ok") == "ok"
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+    snap = breaker.snapshot()
+    assert (snap.calls, snap.failures, snap.state) == (4, 2, CircuitState.OPEN)

@@ -1284,3 +1284,195 @@ def test_state_change_events_of_a_lifecycle() -> None:
         (OPEN, DISABLED, "disable", 185.0),
         (DISABLED, CLOSED, "reset", 186.0),
     ]
+
+
+# -- outcomes learnt late (record_late) -----------------------------------------------------
+
+
+def test_late_outcome_is_filed_in_the_bucket_of_when_it_settled() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    fail(core, 5.0)
+    permit = take(core, 2.0)
+    assert core.record_late(permit, 2.5, 5.0) is True
+    assert core.export(5.0).buckets == ((2, 1, 0, 0), (5, 1, 1, 0))
+
+
+def test_late_outcome_that_aged_out_is_left_out_of_the_window() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    permit = take(core, 0.0)
+    # at 11.0 the window holds buckets 1..11 (the newest and ten before it)
+    assert core.record_late(permit, 0.5, 11.0) is False
+    assert core.export(11.0).buckets == ()
+    assert core.snapshot(11.0).calls == 0
+    # the oldest bucket still in the window takes it
+    assert core.record_late(take(core, 1.0), 1.0, 11.0) is True
+    assert core.export(11.0).buckets == ((1, 1, 0, 0),)
+
+
+def test_late_outcome_after_the_newest_bucket_lands_in_the_newest() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    fail(core, 5.0)
+    # settled at 7.0, learnt at 5.5: the clock stepped back in between
+    assert core.record_late(take(core, 5.0), 7.0, 5.5, failed=True, slow=True) is True
+    assert core.export(5.5).buckets == ((5, 2, 2, 1),)
+
+
+def test_late_outcome_without_a_time_is_filed_now() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    assert core.record_late(take(core, 0.0), None, 7.0) is True
+    assert core.export(7.0).buckets == ((7, 1, 0, 0),)
+
+
+def test_stale_late_successes_do_not_hide_a_failure_burst() -> None:
+    core = make(window=30.0, consecutive_failures=None, failure_rate=0.5, minimum_calls=5)
+    permits = [(take(core, t / 40), t / 40) for t in range(200)]  # admitted at 0..5
+    for permit, at in permits:
+        core.record_late(permit, at, 40.0)  # learnt only at 40: aged out by then
+    for _ in range(4):
+        fail(core, 40.0)
+    assert core.state is CLOSED  # fewer than minimum_calls
+    fail(core, 40.0)
+    assert core.state is OPEN
+    assert reasons(core) == [(CLOSED, OPEN, "failure_rate", 40.0)]
+
+
+def test_late_outcomes_count_for_the_consecutive_rule_even_when_aged_out() -> None:
+    core = make(window=10.0, consecutive_failures=3, failure_rate=None)
+    fail(core, 0.0)
+    fail(core, 0.0)
+    # a success that settled after those failures resets the count, aged or not
+    assert core.record_late(take(core, 0.0), 0.1, 50.0) is False
+    assert core.snapshot(50.0).consecutive_failures == 0
+    fail(core, 50.0)
+    fail(core, 50.0)
+    # a late failure counts too, and trips at the time it is learnt
+    assert core.record_late(take(core, 50.0), 1.0, 60.0, failed=True) is False
+    assert core.state is OPEN
+    assert reasons(core) == [(CLOSED, OPEN, "consecutive_failures", 60.0)]
+
+
+def test_late_trial_outcome_decides_the_trial_when_learnt() -> None:
+    core = make(consecutive_failures=1, open_duration=10.0)
+    fail(core, 0.0)
+    trial = take(core, 10.0)
+    reasons(core)
+    assert core.record_late(trial, 11.0, 12.0) is True
+    assert core.state is CLOSED
+    assert reasons(core) == [(HALF_OPEN, CLOSED, "trials_succeeded", 12.0)]
+
+
+def test_late_outcome_of_a_stale_permit_changes_nothing() -> None:
+    core = make(consecutive_failures=1, open_duration=10.0)
+    permit = take(core, 0.0)
+    fail(core, 0.0)
+    core.poll(10.0)
+    reasons(core)
+    assert core.record_late(permit, 0.0, 10.0, failed=True) is True
+    assert core.state is HALF_OPEN
+    assert core.changes == []
+
+
+# -- the success fast path ------------------------------------------------------------------
+
+
+def test_fast_successes_are_counted_in_their_own_bucket() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    succeed(core, 1.0)  # the first outcome sets up the newest bucket
+    for _ in range(3):
+        core.success(take(core, 1.5), 1.5)
+    assert core.pending_successes == 3  # the fast path: only counted
+    fail(core, 4.0)
+    assert core.export(4.0).buckets == ((1, 4, 0, 0), (4, 1, 1, 0))
+    assert core.pending_successes == 0
+
+
+def test_fast_success_resets_the_consecutive_count() -> None:
+    core = make(window=10.0, consecutive_failures=2, failure_rate=None)
+    fail(core, 0.0)
+    core.snapshot(12.0)  # the failure has aged out; the count has not
+    core.success(take(core, 12.0), 12.0)
+    assert core.pending_successes == 1
+    fail(core, 12.0)
+    assert core.state is CLOSED  # the success came between the two failures
+    assert core.snapshot(12.0).consecutive_failures == 1
+
+
+def test_a_trip_counts_the_fast_successes_before_it() -> None:
+    core = make(consecutive_failures=None, failure_rate=0.5, minimum_calls=4)
+    succeed(core, 0.0)
+    core.success(take(core, 0.0), 0.0)
+    fail(core, 0.0)
+    assert core.state is CLOSED  # 1 of 3 calls
+    fail(core, 0.0)
+    assert core.state is OPEN  # 2 of 4
+    snap = core.snapshot(0.0)
+    assert (snap.calls, snap.failures) == (4, 2)
+
+
+def test_no_fast_path_while_the_window_holds_a_failure_or_a_slow_call() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=0.5, minimum_calls=3)
+    succeed(core, 0.0, slow=True)
+    core.success(take(core, 0.0), 0.0)
+    assert core.pending_successes == 0
+    fail(core, 1.0)
+    core.success(take(core, 1.0), 1.0)
+    assert core.pending_successes == 0
+    assert core.snapshot(1.0).calls == 4
+    core.snapshot(12.0)  # both aged out
+    core.success(take(core, 12.0), 12.0)
+    assert core.pending_successes == 1
+
+
+# -- readings that are not finite --------------------------------------------------------------
+
+NOT_FINITE = [math.nan, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("now", NOT_FINITE)
+def test_record_refuses_a_reading_that_is_not_finite(now: float) -> None:
+    core = make(consecutive_failures=1)
+    succeed(core, 0.0)
+    before = core.export(0.0)
+    for failed in (True, False):
+        with pytest.raises(ValueError, match="finite"):
+            core.record(core.cycle, now, failed)
+    with pytest.raises(ValueError, match="finite"):
+        core.record_late(core.cycle, 0.0, now)
+    with pytest.raises(ValueError, match="finite"):
+        core.record_late(core.cycle, now, 0.0)
+    assert core.export(0.0) == before
+    assert core.state is CLOSED
+
+
+@pytest.mark.parametrize("now", [math.nan, math.inf])
+def test_success_refuses_nan_and_inf(now: float) -> None:
+    core = make()
+    succeed(core, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        core.success(core.cycle, now)
+    assert core.snapshot(0.0).calls == 1
+
+
+@pytest.mark.parametrize("now", NOT_FINITE)
+def test_looks_and_admission_refuse_a_reading_that_is_not_finite(now: float) -> None:
+    core = make(consecutive_failures=1, open_duration=10.0)
+    assert core.acquire(now) == core.cycle  # closed: no reading needed
+    fail(core, 0.0)
+    for look in (core.acquire, core.poll, core.snapshot, core.export):
+        with pytest.raises(ValueError, match="finite"):
+            look(now)
+    for manual in (core.force_open, core.disable, core.reset):
+        with pytest.raises(ValueError, match="finite"):
+            manual(now)
+    assert core.state is OPEN
+    assert core.open_until == 10.0
+
+
+def test_a_trial_is_not_decided_by_a_reading_that_is_not_finite() -> None:
+    core = make(consecutive_failures=1, open_duration=10.0)
+    fail(core, 0.0)
+    trial = take(core, 10.0)
+    with pytest.raises(ValueError, match="finite"):
+        core.success(trial, math.nan)
+    assert core.state is HALF_OPEN
+    assert trial in core.trials

@@ -219,6 +219,33 @@ class Model:
             else:
                 self.trial_succeeded(now)
 
+    def record_late(self, ticket: Ticket, at: float, now: float, failed: bool, slow: bool) -> bool:
+        """An outcome that happened at ``at``, learnt at ``now`` (a GC-settled response)."""
+        if not (ticket.kind == "closed" and ticket.epoch == self.epoch):
+            self.record(ticket, now, failed, slow, None)
+            return True
+        c = self.config
+        head, index = bucket_of(now, self.width), bucket_of(at, self.width)
+        filed = head - index <= BUCKETS
+        if filed:
+            # After the newest bucket (a clock that stepped back): in the newest.
+            self.outcomes.append((min(at, now), failed, slow))
+        if failed:
+            self.consecutive += 1
+            limit = c.consecutive_failures
+            if limit is not None and self.consecutive >= limit:
+                self.move("trip", OPEN, now, "consecutive_failures")
+                return filed
+        else:
+            self.consecutive = 0
+        calls, failures, slows = self.counts(now)
+        if filed and calls >= c.minimum_calls:
+            if c.failure_rate is not None and failures / calls >= c.failure_rate:
+                self.move("trip", OPEN, now, "failure_rate")
+            elif c.slow_call_duration is not None and slows / calls >= c.slow_call_rate:
+                self.move("trip", OPEN, now, "slow_call_rate")
+        return filed
+
     def headers_ok(self, ticket: Ticket) -> None:
         if self.state is HALF_OPEN and ticket.trial in self.trials:
             self.trials[ticket.trial].holding = False
@@ -427,6 +454,20 @@ class CoreVersusModel(RuleBasedStateMachine):
     def settle(self, index: int, failed: bool, slow: bool, retry: float | None, fast: bool) -> None:
         permit, ticket = self.inflight.pop(index % len(self.inflight))
         self._settle(permit, ticket, failed, slow, retry, fast)
+
+    @precondition(lambda self: self.inflight)
+    @rule(
+        index=st.integers(0, 20),
+        quarters_ago=st.one_of(st.integers(0, 60), st.just(-3)),
+        failed=st.booleans(),
+        slow=st.booleans(),
+    )
+    def settle_late(self, index: int, quarters_ago: int, failed: bool, slow: bool) -> None:
+        """An outcome that settled a while ago (or, at -3, after now: a clock that stepped back)."""
+        permit, ticket = self.inflight.pop(index % len(self.inflight))
+        at = self.now - quarters_ago * self.model.width / 4
+        filed = self.core.record_late(permit, at, self.now, failed, slow)
+        assert filed == self.model.record_late(ticket, at, self.now, failed, slow)
 
     @precondition(lambda self: self.inflight)
     @rule(index=st.integers(0, 20))

@@ -28,6 +28,19 @@ different processes line up, so a fleet can add its windows together. Running
 totals make every rule check O(1). The consecutive-failure count sits beside
 the window and is not aged.
 
+Two kinds of time. A live outcome (:meth:`record`, :meth:`success`) happened
+at ``now``; a reading older than the newest bucket can only be a clock that
+stepped back, and lands in the newest bucket. A late outcome
+(:meth:`record_late`, for a response settled by the garbage collector and
+applied later) carries the time it settled: it is filed in the bucket of that
+time while that bucket is still in the window and dropped once it has aged
+out, so a burst of stale successes cannot dilute the failures of now.
+
+Every ``now`` must be a finite clock reading: a method that would file or
+compare a NaN or an infinity raises :class:`ValueError` before it changes
+anything. (The success fast path compares only ``now < success_fast_until``,
+so it counts ``-inf`` like any reading from a clock that stepped back.)
+
 Transitions all go through :meth:`_transition`, which looks the move up in
 ``TRANSITIONS``; a move that is not in the table raises
 :class:`IllegalTransition` before anything changes. Each transition is appended
@@ -84,9 +97,21 @@ class IllegalTransition(RuntimeError):
     """A transition that the table does not allow; the state is left as it was."""
 
 
+_INF = math.inf
+_NINF = -math.inf
+
+
 def bucket_of(now: float, width: float) -> int:
     """Return the index of the bucket of ``width`` seconds that ``now`` falls in."""
     return int(now // width)
+
+
+def _finite(name: str, now: float) -> float:
+    """Return ``now`` if it is a finite reading, else raise ``ValueError``."""
+    # One chained comparison: False for NaN and both infinities.
+    if _NINF < now < _INF:
+        return now
+    raise ValueError(f"breaker {name!r}: now must be a finite clock reading, got {now!r}")
 
 
 def _bucket_end(index: int, width: float) -> float:
@@ -132,6 +157,17 @@ class CoreState:
 class BreakerCore:
     """The pure state machine behind one ``CircuitBreaker``. Not thread-safe.
 
+    The success fast path: while ``now < success_fast_until`` (``now`` in the
+    newest bucket of a window that holds no failure and no slow call, with no
+    transition waiting in ``changes``), a success of ``permit == cycle`` can
+    fire no rule, and all :meth:`success` does is ``pending_successes += 1``;
+    a shell may do that itself. Pending
+    successes are folded into the window (and reset the consecutive-failure
+    count) at the next call of any other method, so ``calls`` and
+    ``consecutive`` lag behind them until then; ``snapshot()`` and ``export()``
+    are exact. Any transition sets ``success_fast_until`` to ``-inf`` until the
+    next outcome of a closed period.
+
     Args:
         name: The breaker's name, copied into every ``StateChange``.
         config: Its configuration.
@@ -164,9 +200,11 @@ class BreakerCore:
         "not_before",
         "open_count",
         "open_until",
+        "pending_successes",
         "slots_used",
         "slow_calls",
         "state",
+        "success_fast_until",
         "trial_successes",
         "trials",
     )
@@ -192,6 +230,9 @@ class BreakerCore:
         self._head: int | None = None
         self._slot = 0
         self._bucket_end = -math.inf  # first clock reading past the newest bucket
+        # The success fast path (see the class docstring).
+        self.pending_successes = 0
+        self.success_fast_until = -math.inf
         self.calls = 0
         self.failures = 0
         self.slow_calls = 0
@@ -216,6 +257,7 @@ class BreakerCore:
             return DISABLED_PERMIT
         if state is FORCED_OPEN:
             return None
+        _finite(self.name, now)
         if state is OPEN:
             if now < self.open_until:
                 return None
@@ -238,6 +280,7 @@ class BreakerCore:
 
     def poll(self, now: float) -> None:
         """Apply the transitions that time alone causes (a look at the breaker)."""
+        _finite(self.name, now)
         state = self.state
         if state is OPEN:
             if now >= self.open_until:
@@ -257,15 +300,27 @@ class BreakerCore:
     # -- outcomes ------------------------------------------------------------
 
     def success(self, permit: int, now: float) -> None:
-        """Settle ``permit`` as a success that was not slow: the hot path of :meth:`record`."""
+        """Settle ``permit`` as a success that was not slow: the hot path of :meth:`record`.
+
+        ``calls`` and ``consecutive`` may lag behind it until the next call of
+        any other method (``snapshot()`` and ``export()`` are exact).
+        """
         # Only a closed cycle's permit equals ``cycle``: open and forced-open
         # cycles hand out none, and half-open trials get serials of their own.
+        if now < self.success_fast_until and permit == self.cycle:
+            # The newest bucket of a window with nothing failed or slow: no
+            # rule can fire, so the success is just counted (NaN fails the
+            # comparison; a clock that stepped back lands here too).
+            self.pending_successes += 1
+            return
+        self._fold()
         if permit != self.cycle:
             self.record(permit, now, False)
             return
         # One float comparison on the hot path; a clock that stepped back
-        # lands in the newest bucket, as in _slot_at.
-        slot = self._slot if now < self._bucket_end else self._slot_at(bucket_of(now, self._width))
+        # lands in the newest bucket, as in _slot_at. NaN and +inf fail it, and
+        # _finite refuses them before anything is counted.
+        slot = self._slot if now < self._bucket_end else self._slot_at(_finite(self.name, now))
         self._b_calls[slot] += 1
         self.calls += 1
         self.consecutive = 0
@@ -290,11 +345,18 @@ class BreakerCore:
             failed: Whether the call failed.
             slow: Whether it was slow (a slow failure is both).
             retry_at: For a failure, a not-before time taken from ``Retry-After``.
+
+        Raises:
+            ValueError: ``now`` is not finite (nothing is changed).
         """
+        _finite(self.name, now)
+        self._fold()
         if permit == self.cycle:
-            slot = self._slot_at(int(now // self._width))
+            slot = self._slot_at(now)
             self._b_calls[slot] += 1
             self.calls += 1
+            if failed or slow:
+                self.success_fast_until = _NINF
             if slow:
                 self._b_slow[slot] += 1
                 self.slow_calls += 1
@@ -325,6 +387,73 @@ class BreakerCore:
             self._transition("trial_failed", now)
         else:
             self._trial_succeeded(now)
+
+    def record_late(
+        self, permit: int, at: float | None, now: float, failed: bool = False, slow: bool = False
+    ) -> bool:
+        """Settle ``permit`` with an outcome that happened at ``at`` and is applied at ``now``.
+
+        For an outcome learnt late (a response settled by the garbage
+        collector, applied at the breaker's next look). A closed-state outcome
+        is filed in the bucket of ``at`` while that bucket is still in the
+        window, and left out of the window once it has aged out (it would have
+        left it by now anyway), so stale successes cannot dilute the failures
+        of now; an ``at`` after the newest bucket (the clock stepped back
+        since) lands in the newest one. The consecutive-failure count, which is
+        not aged, counts it either way. What it changes besides (a trip, a
+        half-open trial's verdict) happens at ``now``, when it is learnt.
+        ``at=None`` (its time is unknown) files it at ``now``.
+
+        Args:
+            permit: What :meth:`acquire` returned for the call.
+            at: The clock reading when it settled, or ``None``.
+            now: The clock reading now (the window is first aged to it).
+            failed: Whether the call failed.
+            slow: Whether it was slow.
+
+        Returns:
+            ``False`` for a closed-state outcome left out of the window because
+            it had aged out, else ``True`` (a stale permit included).
+
+        Raises:
+            ValueError: ``now`` or ``at`` is not finite (nothing is changed).
+        """
+        _finite(self.name, now)
+        if at is None:
+            at = now
+        else:
+            _finite(self.name, at)
+        self._fold()
+        if permit != self.cycle:
+            self.record(permit, now, failed, slow)
+            return True
+        self._advance(bucket_of(now, self._width))
+        index = bucket_of(at, self._width)
+        head = self._head
+        assert head is not None  # _advance has just set it
+        filed = index >= head - BUCKETS
+        if filed:
+            slot = self._slot if index >= head else index % _SLOTS
+            self._b_calls[slot] += 1
+            self.calls += 1
+            if failed or slow:
+                self.success_fast_until = _NINF
+            if slow:
+                self._b_slow[slot] += 1
+                self.slow_calls += 1
+            if failed:
+                self._b_failures[slot] += 1
+                self.failures += 1
+        if failed:
+            self.consecutive += 1
+            if self._cf is not None and self.consecutive >= self._cf:
+                self._transition("trip", now, "consecutive_failures")
+                return filed
+        else:
+            self.consecutive = 0
+        if filed and self.calls >= self._min_calls:
+            self._check_rates(now)
+        return filed
 
     def _check_rates(self, now: float) -> None:
         calls = self.calls
@@ -357,21 +486,22 @@ class BreakerCore:
 
     def force_open(self, now: float) -> None:
         """Open by hand until :meth:`reset`."""
-        self._transition("force_open", now)
+        self._transition("force_open", _finite(self.name, now))
 
     def disable(self, now: float) -> None:
         """Let every call pass and record nothing until :meth:`reset`."""
-        self._transition("disable", now)
+        self._transition("disable", _finite(self.name, now))
 
     def reset(self, now: float) -> None:
         """Back to closed with the window, backoff and Retry-After forgotten."""
-        self._transition("reset", now)
+        self._transition("reset", _finite(self.name, now))
 
     # -- views ---------------------------------------------------------------
 
     def snapshot(self, now: float) -> BreakerSnapshot:
         """Return the breaker as it is at ``now`` (after any time-driven transition)."""
-        self.poll(now)
+        self.poll(now)  # which refuses a ``now`` that is not finite
+        self._fold()
         self._advance(bucket_of(now, self._width))
         calls = self.calls
         state = self.state
@@ -392,7 +522,8 @@ class BreakerCore:
 
     def export(self, now: float) -> CoreState:
         """Return the state as a plain value (see :class:`CoreState`)."""
-        self._advance(bucket_of(now, self._width))
+        self._fold()
+        self._advance(bucket_of(_finite(self.name, now), self._width))
         buckets = []
         head = self._head
         if head is not None:
@@ -414,8 +545,9 @@ class BreakerCore:
 
     # -- internals -----------------------------------------------------------
 
-    def _slot_at(self, index: int) -> int:
-        """Return the ring slot to count an outcome of bucket ``index`` in, ageing the window."""
+    def _slot_at(self, now: float) -> int:
+        """Return the ring slot to count a live outcome at finite ``now`` in, ageing the window."""
+        index = bucket_of(now, self._width)
         head = self._head
         if head is not None and index <= head:
             # A clock that stepped back still lands in the newest bucket.
@@ -428,6 +560,7 @@ class BreakerCore:
         head = self._head
         if head is not None and index <= head:
             return
+        self._fold()  # the pending successes belong to the bucket being left
         self._head = index
         self._slot = index % _SLOTS
         self._bucket_end = _bucket_end(index, self._width)
@@ -442,10 +575,32 @@ class BreakerCore:
                 self.failures -= b_failures[slot]
                 self.slow_calls -= b_slow[slot]
                 b_calls[slot] = b_failures[slot] = b_slow[slot] = 0
+        self._rearm()
+
+    def _fold(self) -> None:
+        """Count the successes :meth:`success` left pending into the newest bucket."""
+        pending = self.pending_successes
+        if pending:
+            self.pending_successes = 0
+            self._b_calls[self._slot] += pending
+            self.calls += pending
+            self.consecutive = 0
 
     def _clear_window(self) -> None:
         self._b_calls[:] = self._b_failures[:] = self._b_slow[:] = [0] * _SLOTS
         self.calls = self.failures = self.slow_calls = 0
+        self.pending_successes = 0
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Open the success fast path for the newest bucket, if no rule can fire in it.
+
+        Not while the window holds a failure or a slow call, and not while
+        transitions wait in ``changes``: a shell delivers them after an outcome
+        it records by the slow path.
+        """
+        quiet = not (self.failures or self.slow_calls or self.changes)
+        self.success_fast_until = self._bucket_end if quiet else _NINF
 
     def _expire_trials(self, now: float) -> None:
         limit = self.config.max_open_duration
@@ -486,6 +641,7 @@ class BreakerCore:
         new = TRANSITIONS.get((old, trigger))
         if new is None:
             raise IllegalTransition(f"{self.name}: cannot {trigger!r} from {old.value!r}")
+        self._fold()  # a trip keeps the window: with every success in it
         if trigger == "reset" or new is CLOSED:
             self._clear_window()
             self._head = None
@@ -493,6 +649,7 @@ class BreakerCore:
             self.consecutive = 0
             self.open_count = 0
             self.not_before = None
+        self.success_fast_until = _NINF  # until the next outcome of a closed period
         if new is OPEN:
             self.open_count += 1
             self.open_until = now + self._open_period(now)

@@ -5,6 +5,7 @@ Nothing here reads a clock, takes a lock or does I/O; every value is immutable.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -91,22 +92,35 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (never a bool, NaN or an infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MIN_WINDOW = 1e-6
+"""The shortest ``window`` accepted, in seconds: its buckets (a tenth of it) stay
+far from the floats whose quotients overflow, for any clock reading below 1e290."""
+MAX_SECONDS = 1e9
+"""The longest ``window``, ``open_duration`` and ``max_open_duration`` accepted
+(about 31 years): an open period, jittered and added to any realistic clock
+reading, stays a finite float."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerConfig:
     """How one circuit breaker decides to open and close. Immutable.
 
-    Make variants with :func:`dataclasses.replace`. Every field is validated at
-    construction; a bad value raises :class:`ValueError` naming the field.
+    Make variants with :meth:`replace` (or :func:`dataclasses.replace`). Every
+    field is validated at construction; a bad value raises :class:`ValueError`
+    naming the field. No float field accepts NaN or an infinity, and the
+    durations the breaker does arithmetic with are bounded: ``window`` from
+    1 µs to 1e9 s, ``open_duration`` and ``max_open_duration`` up to 1e9 s.
 
     Attributes:
         consecutive_failures: Trip after this many failures in a row (``None``: off).
         failure_rate: Trip when failed / recorded calls in the window reaches this
             (``None``: off).
         minimum_calls: No rate-based trip with fewer calls than this in the window.
-        window: Seconds covered by the sliding window. It is kept in buckets
+        window: Seconds covered by the sliding window (1e-6 to 1e9). It is kept in buckets
             aligned to multiples of ``window / 10`` on the clock, so an outcome
             leaves it between ``window`` and ``1.1 × window`` after it was recorded.
         slow_call_duration: A call longer than this many seconds is slow (``None``: off).
@@ -153,25 +167,36 @@ class BreakerConfig:
         )
         mc = self.minimum_calls
         _check(_is_int(mc) and mc >= 1, "minimum_calls", "an int >= 1", mc)
-        _check(_is_number(self.window) and self.window > 0, "window", "a number > 0", self.window)
+        w = self.window
+        _check(
+            _is_number(w) and MIN_WINDOW <= w <= MAX_SECONDS,
+            "window",
+            f"a finite number of seconds from {MIN_WINDOW:g} to {MAX_SECONDS:g}",
+            w,
+        )
         scd = self.slow_call_duration
         _check(
             scd is None or (_is_number(scd) and scd > 0),
             "slow_call_duration",
-            "None or a number > 0",
+            "None or a finite number > 0",
             scd,
         )
         scr = self.slow_call_rate
         _check(_is_number(scr) and 0 < scr <= 1, "slow_call_rate", "0 < x <= 1", scr)
         od = self.open_duration
-        _check(_is_number(od) and od > 0, "open_duration", "a number > 0", od)
+        _check(
+            _is_number(od) and 0 < od <= MAX_SECONDS,
+            "open_duration",
+            f"a finite number of seconds > 0 and <= {MAX_SECONDS:g}",
+            od,
+        )
         ob = self.open_backoff
-        _check(_is_number(ob) and ob >= 1, "open_backoff", "a number >= 1", ob)
+        _check(_is_number(ob) and ob >= 1, "open_backoff", "a finite number >= 1", ob)
         mod = self.max_open_duration
         _check(
-            _is_number(mod) and mod >= od,
+            _is_number(mod) and od <= mod <= MAX_SECONDS,
             "max_open_duration",
-            f"a number >= open_duration ({od!r})",
+            f"a finite number >= open_duration ({od!r}) and <= {MAX_SECONDS:g}",
             mod,
         )
         oj = self.open_jitter
@@ -207,6 +232,15 @@ class BreakerConfig:
             "None or a callable",
             self.classify,
         )
+
+    def replace(self, **changes: Any) -> BreakerConfig:
+        """Return a validated copy with ``changes`` applied (fields by name).
+
+        Raises:
+            TypeError: a name is not a field.
+            ValueError: a value is invalid (the message names the field).
+        """
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
