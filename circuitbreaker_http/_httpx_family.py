@@ -565,6 +565,15 @@ class SyncTransport(_TransportBase):
         except BaseException:
             Outcome(gate, breaker, permit, request, start).cancelled()
             raise
+        if gate.lkg is None and isinstance(response.stream, self.flavour.ByteStream):
+            # watch()'s first branch, inlined: a body already in memory settles now.
+            response.extensions[EXTENSION] = {
+                "key": breaker.name,
+                "state": settle_complete(
+                    gate, breaker, permit, request, start, response.status_code, response.headers
+                ),
+            }
+            return response
         return gate.watch(breaker, permit, request, start, response, False)
 
     def _short_circuit(self, request: Any, key: str, error: OpenTransportError) -> Any:

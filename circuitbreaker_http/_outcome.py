@@ -167,7 +167,12 @@ def settle_complete(
     state = breaker.permit_state(permit)
     if permit:
         duration = breaker.clock() - start if breaker.timed else 0.0
-        failed = _status_verdict(breaker, lambda: gate.describe(request), status, headers, duration)
+        # _status_verdict(), inlined on this hottest of paths.
+        failed: bool | None = status in breaker.config.failure_statuses
+        if breaker.classifier is not None:
+            failed = verdict(
+                breaker, lambda: gate.describe(request), status, headers, None, duration, failed
+            )
         if failed is None:
             breaker.release(permit)
         elif failed:
@@ -368,17 +373,18 @@ class Outcome:
         if tee is not None:
             tee.add(data)
 
-    def ended(self, content: bytes | None = None) -> None:
+    def ended(self, content: bytes | None = None, dropped: tuple[str, ...] = ()) -> None:
         """The body was read to its end: a success, and Last-Known-Good may store it.
 
         ``content`` is the whole body when it was never read through
-        :meth:`chunk` (a body already in memory).
+        :meth:`chunk` (a body already in memory); ``dropped`` names headers
+        that no longer describe the body kept (:meth:`Tee.store`).
         """
         if self._settle_with(False, None):
             tee = self.tee
             if tee is not None:
                 self.tee = None
-                tee.store(content)
+                tee.store(content, dropped)
 
     def closed(self) -> None:
         """The response was closed (read or not): a success unless settled already."""
