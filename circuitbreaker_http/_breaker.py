@@ -309,6 +309,10 @@ class CircuitBreaker:
         :meth:`record`, :meth:`record_later` or :meth:`release`. It does not
         take part in re-entrancy: every permit is a call of its own.
 
+        A permit is an ``int`` whose sign says the state its call was let
+        through in: positive closed, negative a half-open trial, ``0``
+        disabled (see :meth:`permit_state`).
+
         Args:
             error: The :class:`CircuitOpenError` subclass to raise on a short
                 circuit (the integrations raise their client-flavoured one).
@@ -347,9 +351,22 @@ class CircuitBreaker:
         slow_after = self._slow_after
         slow = slow_after is not None and duration is not None and duration > slow_after
         lock = self._lock
+        core = self._core
         lock.acquire()  # cheaper than ``with`` on the hot path
         try:
-            drain = self._record_locked(permit, failed, slow, retry_after)
+            now: float | None = None
+            if not (failed or slow or self._deferred):
+                # The plain success of the integrations, as in call(): the
+                # core's fast path without a call.
+                try:
+                    now = self.clock()
+                except Exception:
+                    now = None  # _record_locked reads it again and reports the failure
+                else:
+                    if now < core.success_fast_until and permit == core.cycle:
+                        core.pending_successes += 1
+                        return
+            drain = self._record_locked(permit, failed, slow, retry_after, now)
         finally:
             lock.release()
         if drain is True:
@@ -358,12 +375,21 @@ class CircuitBreaker:
             self._clock_failed(drain)
 
     def _record_locked(
-        self, permit: int, failed: bool, slow: bool, retry_after: float | None
+        self,
+        permit: int,
+        failed: bool,
+        slow: bool,
+        retry_after: float | None,
+        now: float | None = None,
     ) -> bool | Exception:
-        """Record with the lock held: whether to deliver events, or why the clock failed."""
+        """Record with the lock held: whether to deliver events, or why the clock failed.
+
+        ``now`` is a clock reading the caller already took under the lock.
+        """
         core = self._core
         try:
-            now = self.clock()
+            if now is None:
+                now = self.clock()
             if self._deferred:
                 self._apply_deferred(now)
             if failed or slow:
@@ -470,13 +496,14 @@ class CircuitBreaker:
     def permit_state(self, permit: int) -> CircuitState:
         """The state ``permit`` was let through in: closed, half-open (a trial) or disabled.
 
-        Ask right after :meth:`acquire`: a closed permit is the closed period's
-        own number, so once the breaker has moved on only a trial's stays
-        recognisable.
+        Permits carry it in their sign, so the answer holds however the
+        breaker moved since: positive for a closed-state call, negative for a
+        half-open trial, ``0`` while disabled. Integrations on a hot path may
+        read the sign themselves.
         """
-        if not permit:
-            return _DISABLED
-        return _CLOSED if permit == self._core.fast_permit else _HALF_OPEN
+        if permit > 0:
+            return _CLOSED
+        return _HALF_OPEN if permit else _DISABLED
 
     def is_current(self, permit: int) -> bool:
         """Whether the closed (or disabled) period ``permit`` was let through in is still on.

@@ -164,23 +164,23 @@ def settle_complete(
     ``MockTransport`` or ``Response(content=...)``). Returns the state the
     request was let through in, as the extension's string.
     """
-    state = breaker.permit_state(permit)
-    if permit:
-        duration = breaker.clock() - start if breaker.timed else 0.0
-        # _status_verdict(), inlined on this hottest of paths.
-        failed: bool | None = status in breaker.config.failure_statuses
-        if breaker.classifier is not None:
-            failed = verdict(
-                breaker, lambda: gate.describe(request), status, headers, None, duration, failed
-            )
-        if failed is None:
-            breaker.release(permit)
-        elif failed:
-            breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get))
-        else:
-            breaker.record(permit, False, duration)
-    # Plain strings, by identity: hashing an enum member runs Python code.
-    return "closed" if state is _CLOSED else "half_open" if state is _HALF_OPEN else "disabled"
+    if not permit:
+        return "disabled"
+    duration = breaker.clock() - start if breaker.timed else 0.0
+    # _status_verdict(), inlined on this hottest of paths.
+    failed: bool | None = status in breaker.config.failure_statuses
+    if breaker.classifier is not None:
+        failed = verdict(
+            breaker, lambda: gate.describe(request), status, headers, None, duration, failed
+        )
+    if failed is None:
+        breaker.release(permit)
+    elif failed:
+        breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get))
+    else:
+        breaker.record(permit, False, duration)
+    # The permit's sign is its admission state (CircuitBreaker.permit_state).
+    return "closed" if permit > 0 else "half_open"
 
 
 class Tee:

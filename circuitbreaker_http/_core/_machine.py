@@ -15,8 +15,10 @@ optional Retry-After not-before time) or :meth:`release` (no outcome). Each
 entry into a state takes a fresh serial number, the *cycle*; a closed-state
 permit is the cycle itself, so admitting a call allocates nothing and needs no
 lock (the shell reads :attr:`fast_permit`, a single attribute). A half-open
-trial gets a serial of its own, kept in :attr:`trials` with the time it was let
-through. An outcome whose permit is neither the current closed cycle nor a
+trial gets a serial of its own, negated, kept in :attr:`trials` with the time
+it was let through: the sign of a permit tells for good which state its call
+was let through in (positive closed, negative half-open, 0 disabled), however
+the breaker moves afterwards. An outcome whose permit is neither the current closed cycle nor a
 live trial is stale (its call was let through before a transition) and changes
 nothing. ``DISABLED_PERMIT`` (0) is never a cycle, so it records nothing.
 
@@ -273,7 +275,9 @@ class BreakerCore:
         if self.slots_used >= self.config.half_open_max_calls:
             return None
         self._serial += 1
-        permit = self._serial
+        # Trials are negative, closed cycles positive: a permit says for good
+        # which state it was let through in (see CircuitBreaker.permit_state).
+        permit = -self._serial
         self.trials[permit] = [now, True]
         self.slots_used += 1
         return permit
