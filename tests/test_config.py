@@ -396,3 +396,9 @@ def test_every_valid_window_works_with_realistic_clock_readings(
             breaker.call(lambda: 1 / 0)
     snap = breaker.snapshot()
     assert (snap.calls, snap.failures, snap.state) == (4, 2, CircuitState.OPEN)
+
+
+@pytest.mark.parametrize("statuses", [[[500]], [{"a": 1}], [500, [503]]])
+def test_unhashable_failure_statuses_raise_value_error_naming_the_field(statuses: object) -> None:
+    with pytest.raises(ValueError, match="failure_statuses"):
+        BreakerConfig(failure_statuses=statuses)  # type: ignore[arg-type]

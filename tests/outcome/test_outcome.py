@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +14,7 @@ from circuitbreaker_http import (
     BreakerRegistry,
     CallInfo,
     CircuitBreaker,
+    CircuitOpenError,
     CircuitState,
     FallbackResponse,
     Verdict,
@@ -299,3 +301,97 @@ async def test_an_async_body_that_fails_to_decode_is_a_failure(
             await c.get(url)
         with pytest.raises(cb.CircuitOpenTransportError):
             await c.get(url)
+
+
+# -- Outcomes settled by the garbage collector --------------------------------------------------
+
+
+def test_a_garbage_collected_trial_success_is_applied_before_the_next_admission() -> None:
+    # A success status settles, for a response never closed, when it is
+    # garbage-collected: once the last successful trial is settled the breaker
+    # is closed, so the next calls must pass as closed-state calls, not as new
+    # trials that fill the half-open slots and short-circuit the others.
+    clock = ManualClock()
+    config = BreakerConfig(consecutive_failures=1, failure_rate=None, open_duration=10.0)
+    breaker = CircuitBreaker("k", config, clock=clock)
+    breaker.record(breaker.acquire(), True)
+    clock.advance(10.0)
+    trial = breaker.acquire()
+    assert breaker.permit_state(trial) is CircuitState.HALF_OPEN
+    breaker.trial_slot_free(trial)  # its success status arrived
+    breaker.record_later(trial)  # then its response was dropped unclosed
+    first = breaker.acquire()
+    assert breaker.permit_state(first) is CircuitState.CLOSED
+    try:
+        second = breaker.acquire()
+    except CircuitOpenError as exc:  # pragma: no cover - the bug
+        pytest.fail(f"short-circuited although the breaker had closed: {exc}")
+    assert breaker.permit_state(second) is CircuitState.CLOSED
+
+
+# -- Hot path: no clock reads nobody needs ------------------------------------------------------
+
+
+def chunk_streams(hx: ModuleType, count: int) -> tuple[Any, Any]:
+    """A sync and an async stream of ``count`` 16-byte chunks, of ``hx``'s own classes."""
+
+    class Body(hx.SyncByteStream):  # type: ignore[name-defined, misc]
+        def __iter__(self) -> Iterator[bytes]:
+            for _ in range(count):
+                yield b"x" * 16
+
+    class AsyncBody(hx.AsyncByteStream):  # type: ignore[name-defined, misc]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for _ in range(count):
+                yield b"x" * 16
+
+    return Body(), AsyncBody()
+
+
+def counting_clock() -> tuple[list[int], Callable[[], float]]:
+    reads = [0]
+
+    def clock() -> float:
+        reads[0] += 1
+        return 0.0
+
+    return reads, clock
+
+
+def test_an_untimed_breaker_reads_no_clock_per_body_chunk(
+    flavour: tuple[ModuleType, ModuleType],
+) -> None:
+    # With no slow-call rule and no classify, no duration is ever read: a
+    # streamed body must not cost two clock reads per chunk.
+    hx, cb = flavour
+    reads, clock = counting_clock()
+    registry = BreakerRegistry(BreakerConfig(), clock=clock)
+    transport = cb.CircuitBreakerTransport(
+        hx.MockTransport(lambda request: hx.Response(200, stream=chunk_streams(hx, 200)[0])),
+        registry=registry,
+    )
+    with hx.Client(transport=transport) as client:
+        registry.get("http://api.test")  # created up front: creation is not the hot path
+        before = reads[0]
+        response = client.get("http://api.test/stream")
+        assert len(response.content) == 200 * 16
+    assert reads[0] - before <= 2  # the outcome's own lock round trip, nothing per chunk
+    assert registry.get("http://api.test").snapshot().calls == 1
+
+
+@pytest.mark.anyio
+async def test_an_untimed_async_breaker_reads_no_clock_per_body_chunk(
+    flavour: tuple[ModuleType, ModuleType],
+) -> None:
+    hx, cb = flavour
+    reads, clock = counting_clock()
+    registry = BreakerRegistry(BreakerConfig(), clock=clock)
+    transport = cb.AsyncCircuitBreakerTransport(
+        hx.MockTransport(lambda request: hx.Response(200, stream=chunk_streams(hx, 200)[1])),
+        registry=registry,
+    )
+    async with hx.AsyncClient(transport=transport) as client:
+        response = await client.get("http://api.test/stream")
+        assert len(response.content) == 200 * 16
+    assert reads[0] <= 2
+    assert registry.get("http://api.test").snapshot().calls == 1
