@@ -1,4 +1,4 @@
-"""Helpers every benchmark script shares: interleaving, versions and summaries.
+"""Helpers every benchmark script shares: interleaving, versions, summaries, callgrind.
 
 The scripts run as ``python benchmarks/bench_*.py``, so this folder is on
 ``sys.path`` and ``import _common`` finds this module.
@@ -6,12 +6,25 @@ The scripts run as ``python benchmarks/bench_*.py``, so this folder is on
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import statistics
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
-__all__ = ["Loop", "call_loop", "call_loop_rejected", "rotated", "summary", "version_of"]
+__all__ = [
+    "Loop",
+    "call_loop",
+    "call_loop_rejected",
+    "callgrind_instructions",
+    "rotated",
+    "summary",
+    "valgrind_missing",
+    "version_of",
+]
 
 Loop = Callable[[int], None]
 """A tight loop: ``loop(n)`` makes ``n`` calls."""
@@ -67,3 +80,38 @@ def summary(values: list[float]) -> dict[str, float]:
     else:
         q1, q3 = min(values), max(values)
     return {"median": statistics.median(values), "p25": q1, "p75": q3}
+
+
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def valgrind_missing() -> str | None:
+    """Why :func:`callgrind_instructions` cannot run here, or ``None`` when it can."""
+    if shutil.which("valgrind") is None:
+        return "valgrind is not on PATH (apt-get install valgrind)"
+    return None
+
+
+def callgrind_instructions(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """The instructions one run of ``argv`` executes, counted by valgrind's callgrind.
+
+    Runs ``valgrind --tool=callgrind --callgrind-out-file=/dev/null *argv`` and
+    returns the ``Collected : N`` total (``Ir``) it reports on stderr: every
+    instruction of the whole process, start-up included, and unaffected by
+    the machine's load. ``env`` is added to this process's environment
+    (``PYTHONHASHSEED=0`` makes a Python run repeatable).
+    """
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
+    done = subprocess.run(
+        command,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = _COLLECTED.findall(done.stderr)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(
+            f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
+        )
+    return int(found[-1])
