@@ -46,12 +46,8 @@ _LAZY = {
 }
 
 if _TYPE_CHECKING:
-    from .aiohttp import (  # type: ignore[import-not-found, unused-ignore]
-        CircuitBreakerMiddleware as CircuitBreakerMiddleware,
-    )
-    from .aiohttp import (  # type: ignore[import-not-found, unused-ignore]
-        CircuitOpenClientError as CircuitOpenClientError,
-    )
+    from .aiohttp import CircuitBreakerMiddleware as CircuitBreakerMiddleware
+    from .aiohttp import CircuitOpenClientError as CircuitOpenClientError
     from .httpx import AsyncCircuitBreakerTransport as AsyncCircuitBreakerTransport
     from .httpx import CircuitBreakerTransport as CircuitBreakerTransport
     from .httpx import CircuitOpenTransportError as CircuitOpenTransportError

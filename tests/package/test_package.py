@@ -214,6 +214,8 @@ def test_py_typed_exists() -> None:
 
 CLIENT_NAMES = {
     "AsyncCircuitBreakerTransport": "circuitbreaker_http.httpx",
+    "CircuitBreakerMiddleware": "circuitbreaker_http.aiohttp",
+    "CircuitOpenClientError": "circuitbreaker_http.aiohttp",
     "CircuitBreakerAdapter": "circuitbreaker_http.requests",
     "CircuitBreakerTransport": "circuitbreaker_http.httpx",
     "CircuitOpenRequestsError": "circuitbreaker_http.requests",
@@ -226,7 +228,8 @@ def test_client_names_load_from_the_top_level_on_first_touch() -> None:
         f"""
         import sys
         import circuitbreaker_http
-        assert "httpx" not in sys.modules and "requests" not in sys.modules
+        for client in ("httpx", "httpx2", "requests", "aiohttp"):
+            assert client not in sys.modules, client
         for name, module in {CLIENT_NAMES!r}.items():
             value = getattr(circuitbreaker_http, name)
             assert value is getattr(sys.modules[module], name), name
