@@ -175,30 +175,18 @@ class _HttpxGate(Gate):
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         extension = request.extensions.get(EXTENSION)
         opts = _current_options.get() if extension is None else request_options(extension)
-        if opts is None:
-            if self.by_host:
-                # The hot path, inlined: a cached origin found on the parsed URL.
-                url = request.url
-                if self.flavour.fast_url:
-                    ref = url._uri_reference  # checked against the public API: Flavour.fast_url
-                    entries = self._key_cache.get(ref.host)
-                    if entries is not None:
-                        scheme, port = ref.scheme, ref.port
-                        for known_scheme, known_port, known_key in entries:
-                            if known_port == port and known_scheme == scheme:
-                                if known_key is None:
-                                    return None
-                                return self.registry.get(known_key)
-            key = self.key_of(request)
-        elif opts.bypass:
-            return None
-        else:
-            key = opts.key
-            if key is None:
-                key = self.key_of(request)
-        if key is None:
-            return None
-        return self.registry.get(key)
+        if opts is None and self.by_host and self.flavour.fast_url:
+            # The hot path, inlined: a cached origin found on the parsed URL.
+            ref = request.url._uri_reference  # checked against the public API: Flavour.fast_url
+            entries = self._key_cache.get(ref.host)
+            if entries is not None:
+                scheme, port = ref.scheme, ref.port
+                for known_scheme, known_port, known_key in entries:
+                    if known_port == port and known_scheme == scheme:
+                        if known_key is None:
+                            return None
+                        return self.registry.get(known_key)
+        return self.route_with(opts, request)
 
     def key_of(self, request: Any) -> str | None:
         """The key of ``request`` from its parsed URL (origins are cached)."""
@@ -232,6 +220,8 @@ class _HttpxGate(Gate):
         if fast:
             path = ref.path or "/"
         return from_parts(request.method, scheme, host, port, path)
+
+    request_key = key_of  # what Gate.route_with asks, without a call more
 
     # -- responses ---------------------------------------------------------------
 

@@ -595,6 +595,29 @@ class Gate:
             return _current_options.get()
         return request_options(extension)
 
+    def request_key(self, request: Any) -> str | None:
+        """The key of ``request`` by the registry's key function (clients override it)."""
+        method, url = self.describe(request)
+        return self.key(method, url)
+
+    def route_with(self, opts: RequestOptions | None, request: Any) -> CircuitBreaker | None:
+        """The breaker for ``request`` under the per-request options ``opts``, or ``None``.
+
+        ``None`` means the request bypasses the breakers: ``bypass=True``, or a
+        request the key function gives no key.
+        """
+        if opts is None:
+            key = self.request_key(request)
+        elif opts.bypass:
+            return None
+        else:
+            key = opts.key
+            if key is None:
+                key = self.request_key(request)
+        if key is None:
+            return None
+        return self.registry.get(key)
+
     def retry_after(self, breaker: CircuitBreaker, header: HeaderGetter) -> float | None:
         """The delay a failure response's ``Retry-After`` asks for, if the breaker reads it."""
         if not breaker.config.respect_retry_after:
