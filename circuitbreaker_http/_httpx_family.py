@@ -276,13 +276,6 @@ class _HttpxGate(Gate):
 
     # -- short circuits ------------------------------------------------------------
 
-    def plan_for(self, request: Any, error: CircuitOpenError) -> FallbackPlan:
-        """The fallback plan of a short-circuited request; raises ``error`` when there is none."""
-        plan = self.fallback_for(request.method, str(request.url), request.headers.get)
-        if plan is None:
-            raise error
-        return plan
-
     def respond(self, request: Any, plan: FallbackPlan) -> Any:
         """The response of a plan that needs no call (a stored or synthetic one), else ``None``."""
         Response = self.flavour.Response

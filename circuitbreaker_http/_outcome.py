@@ -652,6 +652,18 @@ class Gate:
 
     # -- short circuits ----------------------------------------------------------
 
+    def plan_for(self, request: Any, error: CircuitOpenError) -> FallbackPlan:
+        """The fallback plan of a short-circuited request; raises ``error`` when there is none.
+
+        ``request`` is the client's request: :attr:`describe` reads its method
+        and URL, and its ``headers.get`` its credentials and ``Vary`` headers.
+        """
+        method, url = self.describe(request)
+        plan = self.fallback_for(method, url, request.headers.get)
+        if plan is None:
+            raise error
+        return plan
+
     def fallback_for(
         self, method: str, url: str, request_header: HeaderGetter
     ) -> FallbackPlan | None:

@@ -82,12 +82,12 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
 
 from . import _clock
 from ._breaker import CircuitBreaker
-from ._core import BreakerConfig, CircuitState
+from ._core import BreakerConfig
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse
 from ._keys import KeyFunc
 from ._options import _current as _current_options
-from ._outcome import ErrorKinds, FallbackPlan, Gate, Outcome, check_fallback, settle_complete
+from ._outcome import ErrorKinds, Gate, Outcome, check_fallback, settle_complete
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
@@ -540,13 +540,6 @@ class _AiohttpGate(Gate):
 
     # -- short circuits ------------------------------------------------------------------------
 
-    def plan_for(self, request: ClientRequest, error: CircuitOpenError) -> FallbackPlan:
-        """The fallback plan of a short-circuited request; raises ``error`` when there is none."""
-        plan = self.fallback_for(request.method, str(request.url), request.headers.get)
-        if plan is None:
-            raise error
-        return plan
-
     def finish(
         self,
         request: ClientRequest,
@@ -604,16 +597,8 @@ class CircuitOpenClientError(CircuitOpenError, aiohttp.ClientConnectionError):
 
     request: ClientRequest | None = None
 
-    def __init__(
-        self,
-        name: str,
-        state: CircuitState,
-        retry_after: float | None = None,
-        message: str | None = None,
-    ) -> None:
-        # aiohttp's ClientConnectionError keeps nothing of its own: the
-        # breaker's cheap __init__ (no message formatted) is all it needs.
-        CircuitOpenError.__init__(self, name, state, retry_after, message)
+    # aiohttp's ClientConnectionError keeps nothing of its own: the breaker's
+    # cheap __init__ (no message formatted), first in the MRO, is all it needs.
 
     @property
     def request_info(self) -> aiohttp.RequestInfo | None:
