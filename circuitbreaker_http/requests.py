@@ -17,19 +17,56 @@ with ``stream=True``. The slow-call clock counts the upstream's time only:
 until the headers, plus inside each body read (nothing is timed when the
 breaker has no slow-call rule and no ``classify``). Each redirect hop is a
 request of its own, and every response that went through a breaker carries
-``response.circuit_breaker``, a dict with its ``key`` and ``state``.
+``response.circuit_breaker``, a dict with its ``key`` and ``state`` (the state
+its request was let through in, read when it was admitted).
 
-To watch a body, the adapter gives ``response.raw`` (the urllib3 response
-requests reads from) a subclass of its own class that times and watches
-``read()``, ``read1()``, ``read_chunked()`` and ``close()``, plus a finaliser;
-once the outcome has settled the response gets its own class back. It stays
-the very object urllib3 made, with every attribute it had.
+How it is built
+---------------
+
+Everything about an outcome is decided by the outcome engine
+(:mod:`circuitbreaker_http._outcome`), the same for every client: one
+:class:`~circuitbreaker_http._outcome.Outcome` per admission, made right
+after the breaker lets the request through. This module only turns requests'
+and urllib3's objects into its inputs (a status, headers, an exception and
+what :class:`~circuitbreaker_http._outcome.ErrorKinds` says of it, the time
+spent inside each read), keys URL strings, builds fallback responses, and
+watches the body urllib3 reads.
+
+Watching the body
+-----------------
+
+requests reads a body through ``response.raw``, urllib3's response:
+``stream()`` for ``content`` and ``iter_content()``, or the caller's own
+``read()``, ``read1()`` and ``read_chunked()``. While its outcome is unsettled,
+that very object wears a subclass of its own class (made once per class)
+whose ``read()``, ``read1()``, ``read_chunked()``, ``stream()`` and ``close()``
+time each read and watch for errors, the end and the close; a finaliser
+settles a response dropped unclosed. Once the outcome settles the response gets
+its own class back: nothing is left to pay for. The end of the body is read
+from urllib3's public behaviour only: ``stream()`` or ``read_chunked()``
+running out, ``read()`` without ``amt``, a read that returns ``b""``. A body
+read by hand to its exact length, with no last empty read, settles when it is
+closed. Whether urllib3 decoded what it returned (for the copy Last-Known-Good
+keeps) is its public ``CONTENT_DECODERS`` rule applied to
+``Content-Encoding``. No private attribute of urllib3 or requests is read.
+
+One trick stays, in one function (:func:`_become`): changing the class of an
+object in place. Wrapping ``response.raw`` would hand users something that
+is not urllib3's response, and per-instance method attributes cannot help the
+finaliser: ``io.IOBase``'s own finaliser calls ``close()``, which would then
+settle under the breaker's lock, and the garbage collector may run while this
+very thread holds it. Only the instance's class can settle first, lock-free.
+The same function gives a copy of your ``Retry`` the breaker's retry rules
+(below) while it keeps your subclass and every setting.
+``tests/requests/test_requests_urllib3.py`` checks, on the installed urllib3,
+everything the trick and the watching rely on, and fails loudly when urllib3
+changes it.
 
 urllib3's retries and the breaker
 ---------------------------------
 
 urllib3 retries inside ``HTTPAdapter.send``, so every attempt of one logical
-request shares one permit and records one outcome at the end. The adapter
+request shares one outcome and records it once, at the end. The adapter
 keeps its ``max_retries`` as a ``Retry`` subclass (the one you passed, or a
 copy of it with the same settings; your own ``Retry`` subclass keeps its
 behaviour) that asks the breaker before each further attempt:
@@ -38,15 +75,18 @@ behaviour) that asks the breaker before each further attempt:
   breaker stays in the closed period the request was let through in.
 * Once that period ends (the breaker opened through any request, of any
   client sharing the registry), the next attempt is admitted like a new
-  request: if the breaker would short-circuit a new request, the remaining
-  retries stop and the request is answered as a short circuit
-  (``CircuitOpenRequestsError``, or the fallback). A wait between attempts
-  (``backoff_factor``, a ``Retry-After`` of hours) ends as soon as the
-  breaker opens: it is checked every 50 ms.
+  request, just before it is sent: if the breaker would short-circuit a new
+  request, the remaining retries stop and the request is answered as a short
+  circuit (``CircuitOpenRequestsError``, or the fallback). A wait between
+  attempts (``backoff_factor``, a ``Retry-After`` of hours) ends as soon as the
+  breaker opens: it is checked every 50 ms. Waiting takes no half-open trial
+  slot; a retry admitted as a trial is sent.
 * A half-open trial is one probe: its first failure is its outcome, as if the
   retries were exhausted.
 * A ``Retry-After`` that urllib3 cannot parse is ignored (the backoff applies)
   instead of failing the request with ``InvalidHeader``, as the breaker does.
+* A ``Retry`` subclass that overrides ``sleep()`` or ``sleep_for_retry()``
+  sleeps its own way; the breaker is asked before and after.
 """
 
 from __future__ import annotations
@@ -77,7 +117,6 @@ try:
         ResponseNotChunked,
     )
     from urllib3.exceptions import SSLError as Urllib3SSLError
-    from urllib3.util.response import is_fp_closed
     from urllib3.util.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by the bare-import test
     raise ImportError(
@@ -89,11 +128,10 @@ from . import _clock
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
-from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
-from ._gate import GateBase, decide, settle
 from ._keys import KeyFunc, _encode_host
 from ._options import EXTENSION
 from ._options import _current as _current_options
+from ._outcome import ErrorKinds, FallbackPlan, Gate, Outcome, check_fallback
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
@@ -103,25 +141,38 @@ Fallback = Any
 """``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a callable
 ``(requests.PreparedRequest, CircuitOpenError) -> requests.Response``."""
 
-# What a logical request raises when the upstream failed (after urllib3's retries).
-_FAILURE_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,  # TLS, proxy and connect timeouts included
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    requests.exceptions.RetryError,
-)
-# What urllib3 raises while the body is read (requests translates them later).
-_BODY_FAILURE_ERRORS: tuple[type[BaseException], ...] = (
-    ProtocolError,  # a connection dropped, a body shorter than its Content-Length
-    DecodeError,
-    ReadTimeoutError,
-    Urllib3SSLError,
-)
 _HTTPResponse = urllib3.HTTPResponse
+_HALF_OPEN = CircuitState.HALF_OPEN
+_REFUSING = (CircuitState.OPEN, CircuitState.FORCED_OPEN)
 _ORIGIN_CACHE_MAX = 4096
 _RETRY_POLL = 0.05  # seconds between looks at the breaker while urllib3 waits to retry
 _MISSING: Any = object()
+# stream()'s own default chunk size, for a caller that gives none.
+_STREAM_AMT = inspect.signature(_HTTPResponse.stream).parameters["amt"].default
+
+
+def _not_a_closed_pool(exc: BaseException) -> bool | None:
+    # A pool closed under a request in flight says nothing about the upstream.
+    return None if exc.args and isinstance(exc.args[0], ClosedPoolError) else True
+
+
+_ERRORS = ErrorKinds(
+    (
+        # What a logical request raises when the upstream failed (after urllib3's retries).
+        requests.exceptions.ConnectionError,  # TLS, proxy and connect timeouts included
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+        requests.exceptions.RetryError,
+        # What urllib3 raises while the body is read (requests translates them later).
+        ProtocolError,  # a connection dropped, a body shorter than its Content-Length
+        DecodeError,
+        ReadTimeoutError,
+        Urllib3SSLError,
+    ),
+    (ResponseNotChunked,),  # read_chunked() of a body that is not chunked: the caller's slip
+    _not_a_closed_pool,
+)
 
 
 class CircuitOpenRequestsError(CircuitOpenError, requests.exceptions.ConnectionError):
@@ -157,15 +208,7 @@ class CircuitOpenRequestsError(CircuitOpenError, requests.exceptions.ConnectionE
         self.response = None
 
 
-def _is_failure(exc: BaseException) -> bool:
-    """Whether an exception says the upstream failed (else it records nothing)."""
-    if isinstance(exc, _FAILURE_ERRORS):
-        # A pool closed under a request in flight says nothing about the upstream.
-        return not (exc.args and isinstance(exc.args[0], ClosedPoolError))
-    return isinstance(exc, _BODY_FAILURE_ERRORS) and not isinstance(exc, ResponseNotChunked)
-
-
-def _as_requests_error(exc: Exception) -> Exception:
+def _as_requests_error(exc: BaseException) -> BaseException:
     """The exception requests raises for an urllib3 body error, for ``classify``."""
     if isinstance(exc, ProtocolError):
         return requests.exceptions.ChunkedEncodingError(exc)
@@ -178,19 +221,8 @@ def _as_requests_error(exc: Exception) -> Exception:
     return exc
 
 
-def _check_fallback(fallback: object) -> Fallback:
-    if fallback is None or isinstance(fallback, FallbackResponse):
-        return fallback
-    target = fallback.otherwise if isinstance(fallback, LastKnownGood) else fallback
-    if target is not None and not isinstance(target, FallbackResponse):
-        if not callable(target):
-            raise TypeError(
-                "fallback must be None, a FallbackResponse, a LastKnownGood or a callable, "
-                f"got {fallback!r}"
-            )
-        if inspect.iscoroutinefunction(target):
-            raise TypeError("requests is synchronous: a fallback cannot be a coroutine function")
-    return fallback
+def _describe(request: requests.PreparedRequest) -> tuple[str, str]:
+    return request.method or "", request.url or ""
 
 
 def _reason(status: int) -> str:
@@ -198,6 +230,254 @@ def _reason(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+def _become(obj: object, cls: type) -> None:
+    """Give ``obj`` the class ``cls`` in place: the one trick this module plays.
+
+    ``cls`` is the object's own class or a subclass of it that adds no slots
+    (so both have the same layout). Used to dress an urllib3 response for as
+    long as its body is watched (see the module's docstring for why it cannot
+    be a wrapper or per-instance methods) and to turn a copy of the caller's
+    ``Retry`` into one that asks the breaker. Checked against the installed
+    urllib3 by ``tests/requests/test_requests_urllib3.py``.
+    """
+    obj.__class__ = cls
+
+
+# -- the body ------------------------------------------------------------------------------------
+
+
+class _Outcome(Outcome):
+    """An :class:`Outcome` with what watching one urllib3 body adds (set by :func:`_watch`).
+
+    Attributes:
+        reading: A watched read is running. A ``close()`` meanwhile (urllib3's
+            own, from a read about to fail, or another thread's) leaves the
+            settling to that read.
+        shut: ``close()`` came while a read was running: it settles as closed.
+        decoded: Whether the chunks kept for Last-Known-Good were decoded by
+            urllib3 (``None`` before the first).
+    """
+
+    __slots__ = ("decoded", "reading", "shut")
+
+    decoded: bool | None
+    reading: bool
+    shut: bool
+
+
+def _watch(raw: urllib3.HTTPResponse, outcome: _Outcome) -> None:
+    """Watch ``raw``'s body until ``outcome`` settles."""
+    outcome.reading = False
+    outcome.shut = False
+    outcome.decoded = None
+    raw._cb_outcome = outcome  # type: ignore[attr-defined]
+    cls = type(raw)
+    _become(raw, _WATCHED.get(cls) or _watched_class(cls))
+
+
+def _unwatch(raw: urllib3.HTTPResponse) -> None:
+    """Stop watching ``raw``: it gets its own class back (whichever thread comes first)."""
+    raw._cb_outcome = None  # type: ignore[attr-defined]
+    original = getattr(type(raw), "_cb_original", None)
+    if original is not None:
+        _become(raw, original)
+
+
+def _decodes(raw: urllib3.HTTPResponse) -> bool:
+    """Whether urllib3 decodes this body when asked to: ``Content-Encoding`` by its own rule."""
+    encoding = raw.headers.get("content-encoding", "").lower()
+    known = raw.CONTENT_DECODERS
+    return encoding in known or any(part.strip() in known for part in encoding.split(","))
+
+
+def _after_read(
+    raw: urllib3.HTTPResponse,
+    outcome: _Outcome,
+    began: float,
+    data: bytes,
+    decode_content: bool | None,
+    end: bool,
+) -> None:
+    """Account for one read that returned ``data`` (``end``: nothing more can come)."""
+    clock = outcome.clock
+    if clock is not None:
+        outcome.upstream += clock() - began
+    outcome.reading = False
+    if outcome.shut:
+        # Closed (on another thread) while this read ran: what was read is not
+        # known to be the whole body.
+        _unwatch(raw)
+        outcome.closed()
+        return
+    if data and outcome.tee is not None:
+        decoded = bool(raw.decode_content if decode_content is None else decode_content)
+        if outcome.decoded is None:
+            outcome.decoded = decoded
+        if outcome.decoded is decoded:
+            outcome.chunk(data)
+        else:
+            outcome.tee = None  # urllib3 refuses to mix them; keep nothing half-decoded
+    if end:
+        _ended(raw, outcome)
+
+
+def _ended(raw: urllib3.HTTPResponse, outcome: _Outcome) -> None:
+    """The body was read to its end: a success, and Last-Known-Good may keep it."""
+    _unwatch(raw)
+    # A decoded body no longer has the Content-Encoding its headers name.
+    decoded = outcome.tee is not None and outcome.decoded and _decodes(raw)
+    outcome.ended(None, ("content-encoding",) if decoded else ())
+
+
+def _read_failed(
+    raw: urllib3.HTTPResponse, outcome: _Outcome, began: float, exc: BaseException
+) -> None:
+    """A read raised ``exc``: a failure if urllib3's error says the upstream failed."""
+    clock = outcome.clock
+    if clock is not None:
+        outcome.upstream += clock() - began
+    _unwatch(raw)
+    if isinstance(exc, Exception):
+        outcome.failed(_as_requests_error(exc), _ERRORS.failure(exc))
+    else:
+        outcome.cancelled()  # KeyboardInterrupt and the like record nothing
+
+
+def _watched_class(cls: type[urllib3.HTTPResponse]) -> type[urllib3.HTTPResponse]:
+    """A subclass of ``cls`` whose reads, ``close()`` and finaliser feed the response's outcome.
+
+    Each method calls ``cls``'s own, looked up at call time; one that runs
+    after the outcome settled (another thread's close) just passes through.
+    """
+
+    def read(
+        self: Any,
+        amt: int | None = None,
+        decode_content: bool | None = None,
+        cache_content: bool = False,
+    ) -> bytes:
+        """``read()`` of the response's own class, timed and watched."""
+        outcome: _Outcome | None = self._cb_outcome
+        if outcome is None or outcome.reading:
+            return cls.read(self, amt, decode_content, cache_content)
+        clock = outcome.clock
+        began = 0.0 if clock is None else clock()
+        outcome.reading = True
+        try:
+            data = cls.read(self, amt, decode_content, cache_content)
+        except BaseException as exc:
+            _read_failed(self, outcome, began, exc)
+            raise
+        # read() without amt reads to the end; an empty read with one means the end.
+        end = amt is None or amt < 0 or (not data and amt != 0)
+        if end or clock is not None or outcome.tee is not None:
+            _after_read(self, outcome, began, data, decode_content, end)
+        else:  # _after_read() when there is nothing to account for, inlined
+            outcome.reading = False
+            if outcome.shut:
+                _unwatch(self)
+                outcome.closed()
+        return data
+
+    def read1(self: Any, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        """``read1()`` of the response's own class, timed and watched."""
+        outcome: _Outcome | None = self._cb_outcome
+        if outcome is None or outcome.reading:
+            return cls.read1(self, amt, decode_content)
+        clock = outcome.clock
+        began = 0.0 if clock is None else clock()
+        outcome.reading = True
+        try:
+            data = cls.read1(self, amt, decode_content)
+        except BaseException as exc:
+            _read_failed(self, outcome, began, exc)
+            raise
+        _after_read(self, outcome, began, data, decode_content, not data and amt != 0)
+        return data
+
+    def read_chunked(
+        self: Any, amt: int | None = None, decode_content: bool | None = None
+    ) -> Generator[bytes]:
+        """``read_chunked()`` of the response's own class, each chunk timed and watched."""
+        outcome: _Outcome | None = self._cb_outcome
+        chunks = cls.read_chunked(self, amt, decode_content)
+        try:
+            while outcome is not None and self._cb_outcome is outcome and not outcome.reading:
+                clock = outcome.clock
+                began = 0.0 if clock is None else clock()
+                outcome.reading = True
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    _after_read(self, outcome, began, b"", decode_content, True)
+                    return
+                except BaseException as exc:
+                    _read_failed(self, outcome, began, exc)
+                    raise
+                _after_read(self, outcome, began, chunk, decode_content, False)
+                yield chunk
+            # Settled meanwhile (closed between two chunks), or nested: read on, unwatched.
+            yield from chunks
+        finally:
+            chunks.close()
+
+    def stream(
+        self: Any, amt: int | None = _STREAM_AMT, decode_content: bool | None = None
+    ) -> Generator[bytes]:
+        """``stream()`` of the response's own class; its end is the body's."""
+        outcome: _Outcome | None = self._cb_outcome
+        # Its reads go through read() and read_chunked() above, which time them.
+        yield from cls.stream(self, amt, decode_content)
+        if outcome is not None and amt != 0 and self._cb_outcome is outcome:
+            _ended(self, outcome)  # stream() ends where the body does
+
+    def close(self: Any) -> None:
+        """``close()`` of the response's own class; an unsettled outcome settles as a success."""
+        outcome: _Outcome | None = self._cb_outcome
+        try:
+            cls.close(self)
+        finally:
+            if outcome is not None:
+                if outcome.reading:
+                    outcome.shut = True
+                if not outcome.reading:  # looked at again: that read may have just ended
+                    _unwatch(self)
+                    outcome.closed()
+
+    def __del__(self: Any) -> None:
+        # Dropped unsettled: settle without a lock (the collector may have
+        # interrupted this very thread while it held one), then let io's own
+        # finaliser close it (close() then finds nothing to settle).
+        outcome: _Outcome | None = getattr(self, "_cb_outcome", None)
+        if outcome is not None:
+            self._cb_outcome = None
+            outcome.dropped()
+        cls.__del__(self)
+
+    namespace: dict[str, Any] = {
+        "__slots__": (),
+        "__module__": __name__,
+        "__qualname__": f"Watched{cls.__name__}",
+        "__doc__": f"A ``{cls.__name__}`` whose body is watched by a circuit breaker.",
+        "_cb_original": cls,
+        "read": read,
+        "read1": read1,
+        "read_chunked": read_chunked,
+        "stream": stream,
+        "close": close,
+        "__del__": __del__,
+    }
+    watched: type[urllib3.HTTPResponse] = type(f"Watched{cls.__name__}", (cls,), namespace)
+    _WATCHED[cls] = watched
+    return watched
+
+
+_WATCHED: dict[type[urllib3.HTTPResponse], type[urllib3.HTTPResponse]] = {}
+
+
+# -- urllib3's retries ---------------------------------------------------------------------------
 
 
 class _RetryStopped(Exception):
@@ -213,57 +493,97 @@ class _RetryStopped(Exception):
         self.last_error = last_error
 
 
+def _started(breaker: CircuitBreaker) -> float:
+    return breaker.clock() if breaker.timed else 0.0
+
+
 class _Attempt:
-    """The breaker side of one logical request while urllib3 may retry it."""
+    """The breaker side of one logical request while urllib3 may retry it.
 
-    __slots__ = ("breaker", "clock", "last_headers", "last_status", "permit", "slept", "trial")
+    ``outcome`` is the latest admission's: the request's own, or that of the
+    retry the breaker admitted like a new request once the period the request
+    was let through in had ended.
+    """
 
-    def __init__(self, breaker: CircuitBreaker, permit: int, clock: Callable[[], float]) -> None:
-        self.breaker = breaker
+    __slots__ = ("last_headers", "last_status", "outcome", "permit", "unsent")
+
+    def __init__(self, outcome: _Outcome, permit: int) -> None:
+        self.outcome = outcome
         self.permit = permit
-        self.clock = clock
-        # A closed-state permit is the cycle itself (DISABLED's is 0): anything
-        # else is a half-open trial.
-        self.trial = not breaker.is_current(permit)
-        self.slept = 0.0
+        self.unsent = False  # the permit was taken for an attempt not sent yet
         self.last_status: int | None = None
         self.last_headers: Any = None
 
-    def admit_retry(self, last_error: Exception | None) -> None:
-        """Let the next attempt through, or raise ``_RetryStopped``.
+    def check(self, last_error: Exception | None) -> None:
+        """Stop the retries (``_RetryStopped``) if the breaker refuses new requests now.
 
-        Lock-free while the breaker is still in the closed (or disabled)
-        period the request was let through in; otherwise the retry is admitted
-        like a new request, under a permit of its own.
+        Lock-free while the period the request was let through in goes on.
+        Takes no half-open trial slot: that is :meth:`admit`'s, just before
+        the attempt is sent.
         """
-        breaker = self.breaker
-        permit = self.permit
-        if breaker.is_current(permit):
+        breaker = self.outcome.breaker
+        if self.unsent or breaker.is_current(self.permit):
             return
-        try:
-            fresh = breaker.acquire()
-        except CircuitOpenError as exc:
-            raise _RetryStopped(exc, last_error) from None
-        # The old permit's period is over, so it records nothing either way.
-        breaker.release(permit)
-        self.permit = fresh
-        self.trial = not breaker.is_current(fresh)
+        if breaker.state in _REFUSING:
+            self._readmit(last_error)  # raises the breaker's own error (unless it just moved on)
 
-    def wait(self, delay: float, last_error: Exception | None) -> None:
-        """Sleep ``delay`` seconds before the next attempt, stopping when the breaker opens."""
-        clock = self.clock
-        began = clock()
-        deadline = _clock.monotonic() + delay
+    def admit(self, last_error: Exception | None) -> None:
+        """Let the next attempt through: in the same period, or admitted like a new request."""
+        if not self.unsent and not self.outcome.breaker.is_current(self.permit):
+            self._readmit(last_error)
+
+    def _readmit(self, last_error: Exception | None) -> None:
+        old = self.outcome
+        breaker = old.breaker
         try:
-            while True:
-                self.admit_retry(last_error)
-                remaining = deadline - _clock.monotonic()
-                if remaining <= 0:
-                    return
-                time.sleep(min(remaining, _RETRY_POLL))
+            permit = breaker.acquire(CircuitOpenRequestsError)
+        except CircuitOpenRequestsError as exc:
+            raise _RetryStopped(exc, last_error) from None
+        self.outcome = _Outcome(old.gate, breaker, permit, old.request, _started(breaker))
+        self.permit = permit
+        self.unsent = True
+        old.cancelled()  # its period is over: it records nothing either way
+
+    def wait(
+        self, delay: float, last_error: Exception | None, sleep: Callable[[], None] | None
+    ) -> None:
+        """Wait before the next attempt, stopping when the breaker opens; then admit it.
+
+        ``sleep`` is a ``Retry`` subclass's own way of sleeping; without one,
+        this sleeps ``delay`` seconds, looking at the breaker every 50 ms.
+        """
+        outcome = self.outcome
+        clock = outcome.clock
+        began = 0.0 if clock is None else clock()
+        try:
+            self.check(last_error)
+            if sleep is not None:
+                sleep()
+            else:
+                deadline = _clock.monotonic() + delay
+                while (remaining := deadline - _clock.monotonic()) > 0:
+                    time.sleep(min(remaining, _RETRY_POLL))
+                    self.check(last_error)
         finally:
-            # Waiting to retry is the client's time, not the upstream's.
-            self.slept += clock() - began
+            if clock is not None:
+                # Waiting to retry is the client's time, not the upstream's.
+                now = clock()
+                if self.outcome is outcome:
+                    outcome.start += now - began
+                else:  # admitted while waiting: its time starts now
+                    self.outcome.start = now
+        self.admit(last_error)
+
+    def failed(self, exc: Exception) -> None:
+        """Settle the request that raised ``exc`` (after urllib3's retries)."""
+        failure = _ERRORS.failure(exc)
+        status = self.last_status
+        if status is not None and isinstance(exc, requests.exceptions.RetryError):
+            # Status retries ran out: the last response tells what failed.
+            headers = CaseInsensitiveDict(self.last_headers)
+            self.outcome.failed_with_response(exc, failure, status, headers)
+        else:
+            self.outcome.failed(exc, failure)
 
 
 _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("circuitbreaker_http.requests", default=None)
@@ -277,8 +597,8 @@ class _BreakerRetry(Retry):
     instance with ``type(self)``, so every increment stays of this class.
     """
 
-    # Whether the copied class has its own sleep: then it sleeps as it likes,
-    # and the breaker is asked before and after.
+    # Whether the copied class sleeps its own way: then it does, and the
+    # breaker is asked before and after.
     _cb_custom_sleep = False
 
     def increment(
@@ -290,7 +610,7 @@ class _BreakerRetry(Retry):
         _pool: urllib3.connectionpool.ConnectionPool | None = None,
         _stacktrace: Any = None,
     ) -> _BreakerRetry:
-        """Count one more attempt (urllib3 calls this), then ask the breaker for the next one.
+        """Count one more attempt (urllib3 calls this), then ask the breaker about the next one.
 
         Raises:
             MaxRetryError: urllib3's retries are exhausted, or the request is a
@@ -301,11 +621,12 @@ class _BreakerRetry(Retry):
         attempt = _ATTEMPT.get()
         if attempt is None:
             return new_retry
+        attempt.unsent = False  # the attempt just counted was sent under this permit
         if response is not None and error is None:
             # The status path: remember it for a RetryError (status, Retry-After).
             attempt.last_status = response.status
             attempt.last_headers = response.headers
-        if attempt.trial:
+        if attempt.outcome.state is _HALF_OPEN:
             if error is not None:
                 reason: Exception = error
             elif response is not None and response.status:
@@ -316,7 +637,7 @@ class _BreakerRetry(Retry):
                 reason = ResponseError(ResponseError.GENERIC_ERROR)
             raise MaxRetryError(_pool, url, reason) from reason  # type: ignore[arg-type]
         try:
-            attempt.admit_retry(error)
+            attempt.check(error)
         except _RetryStopped:
             if response is not None:
                 # urllib3 drains before retrying; the connection goes back to the pool.
@@ -336,13 +657,7 @@ class _BreakerRetry(Retry):
             return
         last_error = self.history[-1].error if self.history else None
         if self._cb_custom_sleep:
-            attempt.admit_retry(last_error)
-            began = attempt.clock()
-            try:
-                super().sleep(response)
-            finally:
-                attempt.slept += attempt.clock() - began
-            attempt.admit_retry(last_error)
+            attempt.wait(0.0, last_error, lambda: super(_BreakerRetry, self).sleep(response))
             return
         delay: float | None = None
         if self.respect_retry_after_header and response is not None:
@@ -355,7 +670,7 @@ class _BreakerRetry(Retry):
                 delay = None
         if not delay:
             delay = self.get_backoff_time()
-        attempt.wait(delay, last_error)
+        attempt.wait(delay, last_error, None)
 
 
 _RETRY_CLASSES: dict[type[Retry], type[_BreakerRetry]] = {Retry: _BreakerRetry}
@@ -371,8 +686,7 @@ def _breaker_retry(retries: Retry | int | None) -> _BreakerRetry:
     mixed = _RETRY_CLASSES.get(cls)
     if mixed is None:
         custom = any(
-            getattr(cls, name) is not getattr(Retry, name)
-            for name in ("sleep", "sleep_for_retry", "_sleep_backoff")
+            getattr(cls, name) is not getattr(Retry, name) for name in ("sleep", "sleep_for_retry")
         )
         mixed = type(
             f"CircuitBreaker{cls.__name__}",
@@ -382,53 +696,48 @@ def _breaker_retry(retries: Retry | int | None) -> _BreakerRetry:
         _RETRY_CLASSES[cls] = mixed
     # A copy: the caller's Retry may serve other adapters too.
     clone = copy.copy(retries)
-    clone.__class__ = mixed
+    _become(clone, mixed)
     return clone  # type: ignore[return-value]
 
 
-class _Gate(GateBase):
-    """Keys, outcomes and fallbacks of one adapter. No I/O."""
+# -- keys, outcomes and fallbacks ----------------------------------------------------------------
+
+
+class _RequestsGate(Gate):
+    """A :class:`Gate` that keys requests' URL strings without reparsing them."""
 
     __slots__ = ("_host_keys", "_parts")
 
     def __init__(
-        self,
-        registry: BreakerRegistry,
-        fallback: Fallback,
-        wall_clock: Callable[[], float],
+        self, registry: BreakerRegistry, fallback: Fallback, wall_clock: Callable[[], float]
     ) -> None:
-        super().__init__(registry, fallback, wall_clock)
+        super().__init__(registry, fallback, wall_clock, _describe)
         # "scheme://authority" -> key (by_host) or parsed parts (other keys).
         self._host_keys: dict[str, str | None] = {}
         self._parts: dict[str, tuple[str, str, int | None] | None] = {}
 
-    def route(self, request: requests.PreparedRequest) -> tuple[str, CircuitBreaker] | None:
-        """Return the key and breaker for ``request``, or ``None`` to bypass."""
+    def route(self, request: requests.PreparedRequest) -> CircuitBreaker | None:
+        """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         opts = _current_options.get()
-        if opts is None:
+        if opts is None and self.by_host:
+            # The hot path, inlined: an origin seen before. A cached origin of
+            # http(s) is at least "http://h", so its path starts at index 8 or
+            # later; anything this shortcut cuts wrongly misses the cache and
+            # goes the long way.
             url = request.url or ""
-            if self._by_host:
-                # The hot path, inlined. A cached origin of http(s) is at least
-                # "http://h", so its path starts at index 8 or later; anything
-                # this shortcut cuts wrongly misses the cache and goes the long way.
-                end = url.find("/", 8)
-                key = self._host_keys.get(url if end < 0 else url[:end])
-                if key is not None:
-                    return key, self.registry.get(key)
-            key = self.key_of(request.method or "", url)
-        else:
-            if opts.bypass:
-                return None
-            key = opts.key
-            if key is None:
-                key = self.key_of(request.method or "", request.url or "")
-        if key is None:
-            return None
-        return key, self.registry.get(key)
+            end = url.find("/", 8)
+            key = self._host_keys.get(url if end < 0 else url[:end])
+            if key is not None:
+                return self.registry.get(key)
+        return self.route_with(opts, request)
 
-    def key_of(self, method: str, url: str) -> str | None:
+    def request_key(self, request: requests.PreparedRequest) -> str | None:
+        """The key of ``request`` (``None``: it bypasses the breakers), from its URL string."""
+        return self.key_of_url(request.method or "", request.url or "")
+
+    def key_of_url(self, method: str, url: str) -> str | None:
         """The key of ``url`` without reparsing it: origins are cut out and cached."""
-        from_parts = self._from_parts
+        from_parts = self.from_parts
         if from_parts is None:
             return self.key(method, url)
         sep = url.find("://")
@@ -439,7 +748,7 @@ class _Gate(GateBase):
         if "?" in origin or "#" in origin:
             # A query or fragment with no path before it (requests always adds one).
             origin = origin.partition("?")[0].partition("#")[0]
-        if self._by_host:
+        if self.by_host:
             key = self._host_keys.get(origin, _MISSING)
             if key is _MISSING:
                 parts = _split_origin(origin, sep)
@@ -459,140 +768,39 @@ class _Gate(GateBase):
         if parts is None:
             return None
         path = url[len(origin) :].partition("?")[0].partition("#")[0]
-        return from_parts(method, *parts, path)  # type: ignore[no-any-return]
+        return from_parts(method, *parts, path)
 
-    # -- outcomes --------------------------------------------------------------
-
-    def describe(self, request: requests.PreparedRequest) -> tuple[str, str]:
-        """The request's method and URL, for a ``classify`` hook."""
-        return request.method or "", request.url or ""
-
-    def on_error(
-        self,
-        breaker: CircuitBreaker,
-        permit: int,
-        request: requests.PreparedRequest,
-        exc: Exception,
-        duration: float,
-        status: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        """Settle a request that raised (before the headers, or while reading the body).
-
-        ``status`` and ``headers`` are those of the response whose body failed,
-        or of the last response when urllib3's status retries ran out
-        (``RetryError``); ``retry_after`` is the latter's ``Retry-After``.
-        """
-        if not permit or isinstance(exc, CircuitOpenError):
-            breaker.release(permit)
-            return
-        default = True if _is_failure(exc) else None
-        failed = default
-        if breaker.classifier is not None:
-            failed = decide(
-                breaker,
-                request.method or "",
-                request.url or "",
-                status,
-                headers,
-                _as_requests_error(exc),
-                duration,
-                default,
-            )
-        settle(breaker, permit, failed, duration, retry_after)
-
-    def on_response(
-        self,
-        breaker: CircuitBreaker,
-        permit: int,
-        key: str,
-        request: requests.PreparedRequest,
-        response: requests.Response,
-        duration: float,
-        clock: Callable[[], float] | None,
+    def watch(
+        self, outcome: _Outcome, request: requests.PreparedRequest, response: requests.Response
     ) -> requests.Response:
-        """Settle or watch a response whose headers have arrived.
-
-        ``clock`` is ``None`` when the breaker reads no durations (no slow-call
-        rule, no ``classify``): then nothing is timed.
-        """
-        # breaker.permit_state(), inlined: closed, a half-open trial, or disabled.
-        if not permit:
-            response.circuit_breaker = {"key": key, "state": "disabled"}  # type: ignore[attr-defined]
-            return response
-        trial = breaker.is_trial(permit)
-        response.circuit_breaker = {  # type: ignore[attr-defined]
-            "key": key,
-            "state": "half_open" if trial else "closed",
-        }
-        status = response.status_code
-        if self.settle_status(breaker, permit, request, status, response.headers, duration):
-            return response
-        lkg = self.lkg
-        tee = lkg is not None and self._storable(lkg, request, response)
+        """Feed a response's headers to its outcome, and watch its body while it must."""
+        response.circuit_breaker = outcome.extension()  # type: ignore[attr-defined]
         raw = response.raw
-        if not isinstance(raw, _HTTPResponse) or raw.length_remaining == 0:
+        status = response.status_code
+        headers = response.headers
+        lkg = self.lkg
+        if not isinstance(raw, _HTTPResponse) or (lkg is None and raw.length_remaining == 0):
             # Nothing left to come from the upstream (HEAD, 204, 304, an empty
             # body), or a raw body this adapter cannot watch: settle now.
-            breaker.record(permit, False, duration)
-            if tee and lkg is not None and isinstance(raw, _HTTPResponse):
-                self.store(lkg, request, status, raw, b"", False)
+            outcome.headers(status, headers, complete=True)
             return response
-        if trial:
-            # A long body must not hold the breaker half-open.
-            breaker.trial_slot_free(permit)
-        raw._cb_pending = _Pending(  # type: ignore[attr-defined]
-            self, breaker, permit, request, response, duration, clock, tee
-        )
-        cls = type(raw)
-        raw.__class__ = _WATCHED_CLASSES.get(cls) or _watched_class(cls)
+        if outcome.headers(status, headers):
+            return response
+        if lkg is not None:
+            outcome.tee = self.tee_for(
+                request.method or "",
+                request.url or "",
+                request.headers.get,
+                status,
+                headers.get,
+                raw.reason or _reason(status),
+                raw.headers.items,
+            )
+            if raw.length_remaining == 0:
+                outcome.ended(b"")
+                return response
+        _watch(raw, outcome)
         return response
-
-    # -- last known good -------------------------------------------------------
-
-    @staticmethod
-    def _storable(
-        lkg: LastKnownGood, request: requests.PreparedRequest, response: requests.Response
-    ) -> bool:
-        return (
-            request.method == "GET"
-            and lkg.request_eligible("GET", request.headers.get)
-            and lkg.response_storable(response.status_code, response.headers.get)
-        )
-
-    @staticmethod
-    def store(
-        lkg: LastKnownGood,
-        request: requests.PreparedRequest,
-        status: int,
-        raw: urllib3.HTTPResponse,
-        content: bytes,
-        decoded: bool,
-    ) -> None:
-        """Keep a complete successful GET response in ``lkg``."""
-        # The stored body is what was read; framing headers no longer describe
-        # it, nor does Content-Encoding once urllib3 has decoded it.
-        dropped: tuple[str, ...] = ("content-length", "transfer-encoding", "connection")
-        if decoded:
-            dropped += ("content-encoding",)
-        kept = [(name, value) for name, value in raw.headers.items() if name.lower() not in dropped]
-        reason = raw.reason or _reason(status)
-        lkg.store(request.url or "", status, reason, kept, content, request.headers.get)
-
-    @staticmethod
-    def from_lkg(
-        lkg: LastKnownGood, request: requests.PreparedRequest
-    ) -> tuple[StoredResponse, bytes, list[tuple[str, str]]] | None:
-        """The stored response that answers ``request``, its body and its headers, if any."""
-        method = request.method or ""
-        if not lkg.request_eligible(method, request.headers.get):
-            return None
-        entry = lkg.lookup(request.url or "", request.headers.get)
-        if entry is None:
-            return None
-        headers = [*entry.headers, *stale_headers(lkg.age(entry))]
-        return entry, b"" if method == "HEAD" else entry.content, headers
 
 
 def _split_origin(origin: str, sep: int) -> tuple[str, str, int | None] | None:
@@ -618,318 +826,6 @@ def _split_origin(origin: str, sep: int) -> tuple[str, str, int | None] | None:
     return origin[:sep].lower(), _encode_host(host), port
 
 
-class _Pending:
-    """One response whose success status arrived and whose body is still to come."""
-
-    # It keeps the response's status and headers, not the response: the
-    # response holds the raw body, which holds this, and a cycle would delay
-    # the finaliser of a dropped response until the cyclic GC runs.
-    __slots__ = (
-        "breaker",
-        "busy",
-        "chunks",
-        "clock",
-        "decoded",
-        "gate",
-        "headers",
-        "permits",
-        "request",
-        "size",
-        "status",
-        "upstream",
-    )
-
-    def __init__(
-        self,
-        gate: _Gate,
-        breaker: CircuitBreaker,
-        permit: int,
-        request: requests.PreparedRequest,
-        response: requests.Response,
-        duration: float,
-        clock: Callable[[], float] | None,
-        tee: bool,
-    ) -> None:
-        self.gate = gate
-        self.breaker = breaker
-        # A one-item list: ``pop()`` is atomic, so the outcome settles exactly
-        # once, even against a finaliser running on another thread.
-        self.permits = [permit]
-        self.request = request
-        self.status = response.status_code
-        self.headers = response.headers
-        self.upstream = duration
-        self.clock = clock  # None: the breaker reads no durations, so nothing is timed
-        self.busy = False  # inside a watched read: nested reads are not timed twice
-        self.chunks: list[bytes] | None = [] if tee else None
-        self.decoded: bool | None = None
-        self.size = 0
-
-    def add(self, chunk: bytes, decoded: bool) -> None:
-        """Tee a chunk for ``LastKnownGood``, as long as all chunks were read alike."""
-        chunks = self.chunks
-        if chunks is None:
-            return
-        if self.decoded is None:
-            self.decoded = decoded
-        elif self.decoded is not decoded:
-            self.chunks = None  # urllib3 forbids mixing; keep nothing half-decoded
-            return
-        self.size += len(chunk)
-        lkg = self.gate.lkg
-        if lkg is None or self.size > lkg.max_entry_bytes:
-            self.chunks = None
-        else:
-            chunks.append(chunk)
-
-    def finish(self, raw: urllib3.HTTPResponse | None) -> None:
-        """Settle as a success: the body ended (``raw`` given) or the response was closed."""
-        try:
-            permit = self.permits.pop()
-        except IndexError:
-            return
-        self.breaker.record(permit, False, self.upstream)
-        chunks = self.chunks
-        if chunks is None or raw is None:
-            return
-        self.chunks = None
-        lkg = self.gate.lkg
-        if lkg is not None:
-            decoded = bool(self.decoded) and raw._decoder is not None
-            self.gate.store(lkg, self.request, self.status, raw, b"".join(chunks), decoded)
-
-    def error(self, exc: Exception) -> None:
-        """Settle after an error while the body was read."""
-        try:
-            permit = self.permits.pop()
-        except IndexError:
-            return
-        self.chunks = None
-        self.gate.on_error(
-            self.breaker, permit, self.request, exc, self.upstream, self.status, self.headers
-        )
-
-    def cancel(self) -> None:
-        """Settle with no outcome: the read was interrupted (``KeyboardInterrupt``)."""
-        try:
-            permit = self.permits.pop()
-        except IndexError:
-            return
-        self.chunks = None
-        self.breaker.release(permit)
-
-    def dropped(self) -> None:
-        """Settle a response garbage-collected before it was closed, without a lock."""
-        try:
-            permit = self.permits.pop()
-        except IndexError:
-            return
-        self.chunks = None
-        self.breaker.record_later(permit, self.upstream)
-
-
-def _body_done(raw: urllib3.HTTPResponse) -> bool:
-    """Whether nothing more can come out of ``raw``: the wire is done and no buffer is left."""
-    fp = raw._fp
-    if fp is not None:
-        try:
-            if not fp.isclosed():  # http.client's response, the usual case
-                return False
-        except AttributeError:
-            if not is_fp_closed(fp):
-                return False
-    if len(raw._decoded_buffer) > 0:
-        return False
-    decoder = raw._decoder
-    # has_unconsumed_tail: urllib3 2.6 and later.
-    return not (decoder is not None and getattr(decoder, "has_unconsumed_tail", False))
-
-
-class _WatchedResponse(urllib3.HTTPResponse):
-    """An urllib3 response whose body reads settle its request's outcome.
-
-    The adapter swaps a response's class to this one (or to a subclass of it
-    and the response's own class), so ``response.raw`` stays the very urllib3
-    object requests expects, with every attribute and method it had. Each
-    read is timed and watched; the end of the body, an error, ``close()`` or
-    the finaliser settles the outcome once, and the response gets its own
-    class back (no watching left to pay for). requests reads through
-    ``stream()``, which calls ``read()`` or ``read_chunked()``.
-    """
-
-    _cb_pending: _Pending | None
-    _cb_original: type[urllib3.HTTPResponse] = urllib3.HTTPResponse
-    # The methods wrapped, as the response's own class has them: cheaper than
-    # building a super() object on every read.
-    _cb_read = staticmethod(urllib3.HTTPResponse.read)
-    _cb_read1 = staticmethod(urllib3.HTTPResponse.read1)
-    _cb_read_chunked = staticmethod(urllib3.HTTPResponse.read_chunked)
-
-    def _cb_settled(self) -> None:
-        # Call last in a method: super() no longer works once the class is back.
-        # Always called through the class: a close() on another thread may have
-        # given the response its own class back already, just after a read.
-        self._cb_pending = None
-        original = getattr(type(self), "_cb_original", None)
-        if original is not None:
-            self.__class__ = original
-
-    def _cb_failed(self, pending: _Pending, exc: BaseException) -> None:
-        pending.busy = False
-        _WatchedResponse._cb_settled(self)
-        if isinstance(exc, Exception):
-            pending.error(exc)
-        else:
-            pending.cancel()  # KeyboardInterrupt and the like record nothing
-
-    def _cb_ended(self, pending: _Pending) -> None:
-        _WatchedResponse._cb_settled(self)
-        pending.finish(self)
-
-    def read(
-        self,
-        amt: int | None = None,
-        decode_content: bool | None = None,
-        cache_content: bool = False,
-    ) -> bytes:
-        """``urllib3.HTTPResponse.read``, timed and watched."""
-        pending = self._cb_pending
-        if pending is None or pending.busy:
-            return self._cb_read(self, amt, decode_content, cache_content)
-        clock = pending.clock
-        pending.busy = True
-        try:
-            if clock is None:
-                data = self._cb_read(self, amt, decode_content, cache_content)
-            else:
-                began = clock()
-                try:
-                    data = self._cb_read(self, amt, decode_content, cache_content)
-                finally:
-                    pending.upstream += clock() - began
-        except BaseException as exc:
-            _WatchedResponse._cb_failed(self, pending, exc)
-            raise
-        pending.busy = False
-        if data and pending.chunks is not None:
-            pending.add(data, self.decode_content if decode_content is None else decode_content)
-        # read() without amt reads to the end; an empty read with one means the end.
-        if amt is None or amt < 0 or (not data and amt != 0) or _body_done(self):
-            _WatchedResponse._cb_settled(self)
-            pending.finish(self)
-        return data
-
-    def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
-        """``urllib3.HTTPResponse.read1``, timed and watched."""
-        pending = self._cb_pending
-        if pending is None or pending.busy:
-            return self._cb_read1(self, amt, decode_content)
-        clock = pending.clock
-        pending.busy = True
-        try:
-            if clock is None:
-                data = self._cb_read1(self, amt, decode_content)
-            else:
-                began = clock()
-                try:
-                    data = self._cb_read1(self, amt, decode_content)
-                finally:
-                    pending.upstream += clock() - began
-        except BaseException as exc:
-            _WatchedResponse._cb_failed(self, pending, exc)
-            raise
-        pending.busy = False
-        if data and pending.chunks is not None:
-            pending.add(data, self.decode_content if decode_content is None else decode_content)
-        if (not data and amt != 0) or _body_done(self):
-            _WatchedResponse._cb_ended(self, pending)
-        return data
-
-    def read_chunked(
-        self, amt: int | None = None, decode_content: bool | None = None
-    ) -> Generator[bytes]:
-        """``urllib3.HTTPResponse.read_chunked``, each chunk timed and watched."""
-        chunks = self._cb_read_chunked(self, amt, decode_content)
-        pending = self._cb_pending
-        if pending is None or pending.busy:
-            yield from chunks
-            return
-        clock = pending.clock
-        decode = self.decode_content if decode_content is None else decode_content
-        try:
-            while self._cb_pending is pending:
-                pending.busy = True
-                began = 0.0 if clock is None else clock()
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    if clock is not None:
-                        pending.upstream += clock() - began
-                    pending.busy = False
-                    if _body_done(self):
-                        _WatchedResponse._cb_ended(self, pending)
-                    return
-                except BaseException as exc:
-                    if clock is not None:
-                        pending.upstream += clock() - began
-                    _WatchedResponse._cb_failed(self, pending, exc)
-                    raise
-                if clock is not None:
-                    pending.upstream += clock() - began
-                pending.busy = False
-                if chunk and pending.chunks is not None:
-                    pending.add(chunk, decode)
-                yield chunk
-            # Settled meanwhile (closed between two chunks): read on, unwatched.
-            yield from chunks
-        finally:
-            chunks.close()
-
-    def close(self) -> None:
-        """Close the body; an outcome not settled yet settles as a success."""
-        pending = self._cb_pending
-        try:
-            super().close()
-        finally:
-            # urllib3 also closes from inside a failing read: that read settles it.
-            if pending is not None and not pending.busy:
-                _WatchedResponse._cb_settled(self)
-                pending.finish(None)
-
-    def __del__(self) -> None:
-        # Never settled: the response was dropped. Settle without a lock, then
-        # let io.IOBase close it (close() then finds nothing to settle).
-        pending = self.__dict__.get("_cb_pending")
-        if pending is not None:
-            self._cb_pending = None
-            pending.dropped()
-        super().__del__()
-
-
-_WATCHED_CLASSES: dict[type[urllib3.HTTPResponse], type[_WatchedResponse]] = {
-    urllib3.HTTPResponse: _WatchedResponse
-}
-
-
-def _watched_class(cls: type[urllib3.HTTPResponse]) -> type[_WatchedResponse]:
-    """``_WatchedResponse`` for urllib3's own class, else a subclass of it and ``cls``."""
-    watched = _WATCHED_CLASSES.get(cls)
-    if watched is None:
-        watched = type(
-            f"Watched{cls.__name__}",
-            (_WatchedResponse, cls),
-            {
-                "__module__": __name__,
-                "_cb_original": cls,
-                "_cb_read": staticmethod(cls.read),
-                "_cb_read1": staticmethod(cls.read1),
-                "_cb_read_chunked": staticmethod(cls.read_chunked),
-            },
-        )
-        _WATCHED_CLASSES[cls] = watched
-    return watched
-
-
 class CircuitBreakerAdapter(HTTPAdapter):
     """A ``requests.adapters.HTTPAdapter`` that puts a circuit breaker in front of each upstream.
 
@@ -952,14 +848,20 @@ class CircuitBreakerAdapter(HTTPAdapter):
             ``pool_block``.
 
     Raises:
-        TypeError: both ``registry`` and ``config``/``rules``/``key``, a bad
-            ``fallback``, or an argument ``HTTPAdapter`` does not take.
+        TypeError: both ``registry`` and ``config``/``rules``/``key``, a
+            ``fallback`` of the wrong shape (a callable that cannot take
+            ``(request, error)``, a coroutine function), or an argument
+            ``HTTPAdapter`` does not take.
 
     Every response that went through a breaker carries
     ``response.circuit_breaker``, a dict with ``key`` and ``state`` (the state
-    its request was let through in); a fallback's also has ``"fallback": True``.
-    ``close()`` closes the connection pools; the registry, which other clients
-    may share, is left as it is.
+    its request was let through in); a fallback's also has ``"fallback": True``
+    (and ``"stale": True`` from Last-Known-Good). A response a fallback builds
+    is complete: ``status_code``, ``reason``, ``headers``, ``content``,
+    ``raw`` (a readable urllib3 response of the same bytes), ``request``,
+    ``url``, ``elapsed``, with ``X-Circuit-Breaker: open``. ``close()`` closes
+    the connection pools; the registry, which other clients may share, is
+    left as it is.
     """
 
     def __init__(
@@ -973,8 +875,10 @@ class CircuitBreakerAdapter(HTTPAdapter):
         wall_clock: Callable[[], float] = _clock.wall_clock,
         **kwargs: Any,
     ) -> None:
+        checked = check_fallback(fallback, False, "CircuitBreakerAdapter")
+        #: The :class:`BreakerRegistry` this adapter's breakers live in.
         self.registry = registry_from(registry, config, rules, key)
-        self._gate = _Gate(self.registry, _check_fallback(fallback), wall_clock)
+        self._gate = _RequestsGate(self.registry, checked, wall_clock)
         super().__init__(**kwargs)
 
     @property
@@ -1020,39 +924,35 @@ class CircuitBreakerAdapter(HTTPAdapter):
             requests.RequestException: whatever ``HTTPAdapter.send`` raises.
         """
         gate = self._gate
-        routed = gate.route(request)
-        if routed is None:
+        breaker = gate.route(request)
+        if breaker is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
-        key, breaker = routed
         try:
             permit = breaker.acquire(CircuitOpenRequestsError)
         except CircuitOpenRequestsError as exc:
             exc.request = request
-            return self._short_circuit(request, key, exc, None)
+            return self._short_circuit(request, breaker.name, exc, None)
+        # Right after admission: the state it was let through in, and the
+        # clock reading its duration counts from (none unless the breaker needs it).
+        outcome = _Outcome(
+            gate, breaker, permit, request, breaker.clock() if breaker.timed else 0.0
+        )
         if self._cb_may_retry:
-            return self._send_retrying(
-                gate, key, breaker, permit, request, stream, timeout, verify, cert, proxies
-            )
-        # Durations are measured only when the breaker reads them (slow calls, classify).
-        clock = breaker.clock if breaker.timed else None
-        start = 0.0 if clock is None else clock()
+            attempt = _Attempt(outcome, permit)
+            return self._send_retrying(attempt, request, stream, timeout, verify, cert, proxies)
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
         except Exception as exc:
-            gate.on_error(breaker, permit, request, exc, 0.0 if clock is None else clock() - start)
+            outcome.failed(exc, _ERRORS.failure(exc))
             raise
         except BaseException:
-            breaker.release(permit)
+            outcome.cancelled()
             raise
-        duration = 0.0 if clock is None else clock() - start
-        return gate.on_response(breaker, permit, key, request, response, duration, clock)
+        return gate.watch(outcome, request, response)
 
     def _send_retrying(
         self,
-        gate: _Gate,
-        key: str,
-        breaker: CircuitBreaker,
-        permit: int,
+        attempt: _Attempt,
         request: requests.PreparedRequest,
         stream: bool,
         timeout: Any,
@@ -1060,43 +960,30 @@ class CircuitBreakerAdapter(HTTPAdapter):
         cert: Any,
         proxies: Any,
     ) -> requests.Response:
-        """``send`` for an adapter whose ``max_retries`` may retry: the breaker rules each retry."""
-        timed = breaker.timed
-        clock = breaker.clock
-        attempt = _Attempt(breaker, permit, clock)
+        """``send`` when ``max_retries`` may retry: the breaker rules each retry (``attempt``)."""
         token = _ATTEMPT.set(attempt)
-        start = clock() if timed else 0.0
         stopped: _RetryStopped | None = None
         try:
             response = super().send(request, stream, timeout, verify, cert, proxies)
         except _RetryStopped as stop:
             stopped = stop
         except Exception as exc:
-            duration = clock() - start - attempt.slept if timed else 0.0
-            headers = None
-            if attempt.last_headers is not None and isinstance(exc, requests.exceptions.RetryError):
-                # Status retries ran out: the last response tells what failed.
-                headers = CaseInsensitiveDict(attempt.last_headers)
-            status = attempt.last_status if headers is not None else None
-            retry_after = None if headers is None else gate.retry_after(breaker, headers)
-            gate.on_error(
-                breaker, attempt.permit, request, exc, duration, status, headers, retry_after
-            )
+            attempt.failed(exc)
             raise
         except BaseException:
-            breaker.release(attempt.permit)
+            attempt.outcome.cancelled()
             raise
         finally:
             _ATTEMPT.reset(token)
-        if stopped is not None:
-            breaker.release(attempt.permit)
-            return self._short_circuit(request, key, stopped.error, stopped)
-        if not timed:
-            return gate.on_response(breaker, attempt.permit, key, request, response, 0.0, None)
-        duration = clock() - start - attempt.slept
-        return gate.on_response(breaker, attempt.permit, key, request, response, duration, clock)
+        outcome = attempt.outcome
+        if stopped is None:
+            return self._gate.watch(outcome, request, response)
+        outcome.cancelled()
+        # Out of the except block: the error is chained to the upstream's last
+        # failure, never to the breaker's own internal rejection.
+        return self._short_circuit(request, outcome.breaker.name, stopped.error, stopped)
 
-    # -- short circuits --------------------------------------------------------
+    # -- short circuits --------------------------------------------------------------------------
 
     def _short_circuit(
         self,
@@ -1106,87 +993,69 @@ class CircuitBreakerAdapter(HTTPAdapter):
         stopped: _RetryStopped | None,
     ) -> requests.Response:
         """Answer a request the breaker refused: the fallback's response, or raise."""
-        if isinstance(exc, CircuitOpenRequestsError) and stopped is None:
-            error = exc
-        else:
-            message = exc.message
-            if stopped is not None:
-                message += "; the remaining retries of this request were stopped"
+        error = exc
+        if stopped is not None:
+            message = exc.message + "; the remaining retries of this request were stopped"
             error = CircuitOpenRequestsError(
                 exc.name, exc.state, exc.retry_after, message, request=request
             )
-        fallback = self._gate.fallback
-        if isinstance(fallback, LastKnownGood):
-            found = self._gate.from_lkg(fallback, request)
-            if found is not None:
-                entry, content, headers = found
-                response = self._synthetic(
-                    request, entry.status_code, entry.reason, headers, content, error
-                )
-                response.circuit_breaker = {"stale": True}  # type: ignore[attr-defined]
-                return self._finish_fallback(response, key, error)
-            fallback = fallback.otherwise
-        if fallback is None:
-            # Chained to the upstream's last failure when retries were cut short,
-            # never to the breaker's own internal rejection.
+        gate = self._gate
+        plan = None
+        if gate.fallback is not None:
+            plan = gate.fallback_for(request.method or "", request.url or "", request.headers.get)
+        if plan is None:
             raise error from (stopped.last_error if stopped is not None else None)
-        if isinstance(fallback, FallbackResponse):
-            response = self._synthetic(
-                request,
-                fallback.status_code,
-                _reason(fallback.status_code),
-                list(fallback.header_list),
-                fallback.body,
-                error,
-            )
+        if plan.call is not None:
+            response = plan.call(request, error)
         else:
-            response = fallback(request, error)
-        return self._finish_fallback(response, key, error)
+            response = self._synthetic(request, plan, error)
+        if not isinstance(response, requests.Response):
+            raise TypeError(f"a fallback must return a requests.Response, got {response!r}")
+        # Its own Retry-After is kept; X-Circuit-Breaker always says "open".
+        marks = fallback_headers(response.headers.keys(), error.retry_after)
+        response.headers.update(marks)
+        response.circuit_breaker = gate.fallback_extension(  # type: ignore[attr-defined]
+            key, error, getattr(response, EXTENSION, None), plan.stored is not None
+        )
+        return response
 
     def _synthetic(
-        self,
-        request: requests.PreparedRequest,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        content: bytes,
-        error: CircuitOpenError,
+        self, request: requests.PreparedRequest, plan: FallbackPlan, error: CircuitOpenError
     ) -> requests.Response:
-        """A complete ``requests.Response`` whose ``raw`` is a readable stream of ``content``."""
+        """The complete ``requests.Response`` of a stored or ``FallbackResponse`` plan.
+
+        Its ``raw`` is an urllib3 response reading the same bytes, left unread
+        as a network one is: the session reads it when ``stream=False``;
+        ``content``, ``iter_content()`` and ``raw`` all work.
+        """
+        stored, fallback = plan.stored, plan.response
+        if stored is not None:
+            # The plan's headers as they are: the stale marks (one Age) included.
+            status, reason, headers = stored.status_code, stored.reason, list(plan.headers or ())
+            content, length = plan.content, len(stored.content)  # HEAD: a GET's length
+        else:
+            assert fallback is not None
+            status, reason, headers = fallback.status_code, "", list(fallback.header_list)
+            content = fallback.body
+            length = len(content)
         names = {name.lower() for name, _ in headers}
         if "content-length" not in names and "transfer-encoding" not in names:
-            headers.append(("Content-Length", str(len(content))))
+            headers.append(("Content-Length", str(length)))
         headers.extend(fallback_headers(names, error.retry_after))
-        raw = urllib3.HTTPResponse(
+        raw = _HTTPResponse(
             body=io.BytesIO(content),
             headers=urllib3.HTTPHeaderDict(headers),
             status=status,
             version=11,
             version_string="HTTP/1.1",
-            reason=reason,
+            reason=reason or _reason(status),
             preload_content=False,
             decode_content=False,
             enforce_content_length=False,
             request_method=request.method,
             request_url=request.url,
         )
-        # The body is left to be read as a network one would be: the session
-        # reads it when stream=False; content, iter_content() and raw all work.
         return self.build_response(request, raw)
-
-    @staticmethod
-    def _finish_fallback(response: object, key: str, error: CircuitOpenError) -> requests.Response:
-        if not isinstance(response, requests.Response):
-            raise TypeError(f"a fallback must return a requests.Response, got {response!r}")
-        headers = response.headers
-        for name, value in fallback_headers(headers.keys(), error.retry_after):
-            headers[name] = value
-        marks = getattr(response, EXTENSION, None)
-        result: dict[str, Any] = {"key": key, "state": error.state.value, "fallback": True}
-        if isinstance(marks, Mapping):
-            result.update(marks)
-        response.circuit_breaker = result  # type: ignore[attr-defined]
-        return response
 
     def close(self) -> None:
         """Close the connection pools (``HTTPAdapter.close``); the registry is left as it is."""

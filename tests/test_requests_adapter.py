@@ -44,7 +44,7 @@ from circuitbreaker_http import (
     options,
 )
 from circuitbreaker_http.httpx import CircuitBreakerTransport, CircuitOpenTransportError
-from circuitbreaker_http.requests import CircuitBreakerAdapter, CircuitOpenRequestsError
+from circuitbreaker_http.requests import CircuitBreakerAdapter, CircuitOpenRequestsError, _Outcome
 from circuitbreaker_http.testing import FlakyServer, ManualClock
 
 CLOSED = CircuitState.CLOSED
@@ -233,16 +233,17 @@ def test_import_without_requests_names_the_extra() -> None:
     ],
 )
 def test_by_host_keys_from_the_url_string(url: str, key: str | None) -> None:
-    assert CircuitBreakerAdapter()._gate.key_of("GET", url) == key
+    assert CircuitBreakerAdapter()._gate.key_of_url("GET", url) == key
 
 
 def test_by_route_gets_the_path_and_custom_keys_get_method_and_url() -> None:
     gate = CircuitBreakerAdapter(key=by_route("/users/{id}", "/users/me"))._gate
     assert (
-        gate.key_of("GET", "http://h.test:8080/users/42?q=/a/b") == "http://h.test:8080/users/{id}"
+        gate.key_of_url("GET", "http://h.test:8080/users/42?q=/a/b")
+        == "http://h.test:8080/users/{id}"
     )
-    assert gate.key_of("GET", "http://h.test/users/me#x") == "http://h.test/users/me"
-    assert gate.key_of("GET", "http://h.test/orders/1") == "http://h.test"
+    assert gate.key_of_url("GET", "http://h.test/users/me#x") == "http://h.test/users/me"
+    assert gate.key_of_url("GET", "http://h.test/orders/1") == "http://h.test"
     seen: list[tuple[str, str]] = []
 
     def custom(method: str, url: str) -> str:
@@ -250,14 +251,14 @@ def test_by_route_gets_the_path_and_custom_keys_get_method_and_url() -> None:
         return "everything"
 
     gate = CircuitBreakerAdapter(key=custom)._gate
-    assert gate.key_of("POST", "http://h.test/a?b=c") == "everything"
+    assert gate.key_of_url("POST", "http://h.test/a?b=c") == "everything"
     assert seen == [("POST", "http://h.test/a?b=c")]
 
 
 def test_the_origin_cache_is_bounded() -> None:
     gate = CircuitBreakerAdapter()._gate
     for i in range(5000):
-        assert gate.key_of("GET", f"http://h{i}.test/x") == f"http://h{i}.test"
+        assert gate.key_of_url("GET", f"http://h{i}.test/x") == f"http://h{i}.test"
     assert 0 < len(gate._host_keys) <= 4096
 
 
@@ -587,7 +588,7 @@ def test_waiting_to_retry_is_not_upstream_time(srv: FlakyServer) -> None:
 
 @pytest.mark.parametrize("decoded", [True, False])
 def test_last_known_good_keeps_a_gzip_body_readable(decoded: bool) -> None:
-    # A unit test: the adapter's gate watches a hand-made urllib3 response.
+    # A unit test: the adapter's gate watches a hand-made urllib3 response for its outcome.
     import gzip
     import io
 
@@ -604,15 +605,8 @@ def test_last_known_good_keeps_a_gzip_body_readable(decoded: bool) -> None:
         decode_content=False,
     )
     breaker = registry.get("http://api.test")
-    response = adapter._gate.on_response(
-        breaker,
-        breaker.acquire(),
-        "http://api.test",
-        request,
-        adapter.build_response(request, raw),
-        0.0,
-        breaker.clock,
-    )
+    outcome = _Outcome(adapter._gate, breaker, breaker.acquire(), request, 0.0)
+    response = adapter._gate.watch(outcome, request, adapter.build_response(request, raw))
     if decoded:
         assert response.content == plain  # requests decodes
     else:

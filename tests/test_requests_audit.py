@@ -14,7 +14,6 @@ import urllib3
 from urllib3.util.retry import Retry
 
 from circuitbreaker_http import BreakerConfig, CircuitState
-from circuitbreaker_http import requests as cb_requests
 from circuitbreaker_http.requests import CircuitBreakerAdapter
 from circuitbreaker_http.testing import FlakyServer
 
@@ -100,23 +99,28 @@ def test_close_racing_a_read_that_ends_the_body_does_not_raise(
 def test_a_read_ending_the_body_while_another_thread_closes_does_not_raise(
     flaky_server: FlakyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The other order: the close settles between the end of a read and the
-    # reader's own settling. The read must still return its bytes.
+    # The other order: another thread closes the response after urllib3's read
+    # has taken the last bytes, before the reader has settled. The read must
+    # still return its bytes, and the outcome settles once, as a success.
     adapter = CircuitBreakerAdapter(config=COUNT_ONLY)
-    original_done = cb_requests._body_done
+    original_read = urllib3.HTTPResponse.read
     raised: list[BaseException] = []
 
     with _session(adapter) as session:
         response = session.get(flaky_server.url + "/bytes/100", stream=True)
 
-        def done_after_a_close(raw: urllib3.HTTPResponse) -> bool:
+        def read_then_close_elsewhere(
+            self: urllib3.HTTPResponse, *args: object, **kwargs: object
+        ) -> bytes:
+            data = original_read(self, *args, **kwargs)  # type: ignore[arg-type]
             raised.extend(_close_on_a_thread(response))
-            return original_done(raw)
+            return data
 
-        monkeypatch.setattr(cb_requests, "_body_done", done_after_a_close)
-        data = response.raw.read(100)  # AttributeError before the fix
+        monkeypatch.setattr(urllib3.HTTPResponse, "read", read_then_close_elsewhere)
+        data = response.raw.read()  # AttributeError before the fix
         monkeypatch.undo()
     assert data == bytes(range(100))
     assert raised == []
+    assert type(response.raw) is urllib3.HTTPResponse
     snap = adapter.registry.get(flaky_server.url).snapshot()
     assert (snap.calls, snap.failures) == (1, 0)
