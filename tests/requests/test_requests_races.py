@@ -1,4 +1,4 @@
-"""Audit findings for the requests adapter: each test failed before its fix.
+"""The requests adapter under races and garbage from the network (each test failed before its fix).
 
 Real ``requests.Session`` objects against the ``flaky_server`` fixture.
 """
