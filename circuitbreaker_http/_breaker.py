@@ -9,19 +9,45 @@ Hot path (closed state): admission reads one attribute of the core and takes
 no lock; the outcome takes one lock round trip and one clock read (two when
 slow calls or ``classify`` need the duration); a plain success emits nothing.
 What a call adds besides is the re-entrancy mark: one ``ContextVar`` read,
-set and reset.
+one ``threading.local`` read and two stores of a flag. A rejection reads the
+``ContextVar`` and the clock, and builds the error.
 
-Re-entrancy. Each breaker has a ``ContextVar`` that is set while a call
-through it runs in the current context (a thread's own, or an asyncio or trio
-task's). A call that finds it set is part of that outer call: it is neither
-admitted nor recorded. The value is a stack of ``with`` blocks (each
-:class:`_Block` links to the value it replaced), so ``with breaker:`` keeps its
-permit per thread and task, never on the breaker object. Work that starts
-inside a call and carries its context along (a task created there,
-``asyncio.to_thread``, ``contextvars.copy_context().run``) is part of that call
-too. The low-level :meth:`CircuitBreaker.acquire`/:meth:`CircuitBreaker.record`
-protocol of the HTTP integrations does not look at the mark: each request they
-send settles on its own.
+Re-entrancy. A call through a breaker made while another call through it
+already runs in the same thread or task is part of that outer call: it is
+neither admitted nor recorded. The breaker's ``ContextVar`` says what runs in
+the current context (a thread's own, or an asyncio or trio task's):
+
+* A synchronous call (:meth:`CircuitBreaker.call`, a decorated function, a
+  step of a decorated generator) flips the ``on`` flag of a :class:`_Mark`, the
+  variable's value, for as long as the function runs. The mark is put there by
+  the first synchronous call in a context and stays (later calls only flip the
+  flag, where setting and resetting the variable cost several times more), so
+  a context copied from this one (a task created here) starts out sharing it.
+  Sharing it within one thread is harmless, since synchronous code cannot
+  interleave with anything else in its thread while it runs: whatever runs in
+  the thread meanwhile (a nested call, a generator it drives, an event loop
+  it runs) runs inside the call. So each mark has an ``owner``, a token of the
+  thread that put it there (the thread's own ``__dict__`` of a per-breaker
+  ``threading.local``, greenlet-local under gevent monkeypatching done before
+  the breaker was created): a mark of another thread (a context copied to
+  another thread, as ``asyncio.to_thread`` does) is not this thread's call,
+  and a synchronous call here replaces it with a mark of its own. (A greenlet
+  switch *inside* a synchronous call to another greenlet, without gevent's
+  patching, that runs in a context copied from the same one, as SQLAlchemy's
+  asyncio bridge may, would make that greenlet's calls look like part of the
+  call.)
+* What may span an ``await`` (:meth:`CircuitBreaker.call_async`, ``with`` and
+  ``async with`` blocks, steps of async generators) sets the variable for the
+  time it runs, to ``_CALL`` or to a :class:`_Block`: its value is then a stack
+  of ``with`` blocks (each links to the value it replaced), so ``with
+  breaker:`` keeps its permit per thread and task, never on the breaker
+  object. Work that starts inside such a call and carries its context along (a
+  task created there, ``asyncio.to_thread``, ``contextvars.copy_context().run``)
+  is part of that call too.
+
+The low-level :meth:`CircuitBreaker.acquire`/:meth:`CircuitBreaker.record`
+protocol of the HTTP integrations does not look at either mark: each request
+they send settles on its own.
 
 Clock trouble. The clock is a user callable. A reading that raises or is not
 a finite number never costs a function its result: the outcome is not
@@ -36,10 +62,13 @@ finaliser through :meth:`CircuitBreaker.record_later`, which must never wait
 for the lock (the collector may have interrupted this very thread while it held
 it). The outcome is queued with the clock reading of that moment and filed,
 when the queue is drained, in the bucket of that time (or dropped if that
-bucket has aged out of the window). Every recorded outcome and every look
-drains the queue first, and once it holds more than ``_DEFERRED_DRAIN_AT``
-entries ``record_later`` drains it itself when the lock is free, so it stays
-short without any traffic but dropped responses.
+bucket has aged out of the window). Queuing an outcome closes the core's
+success fast path (when the lock is free; else the next bucket of the window
+does), and every outcome recorded off that path and every look drains the
+queue first: the next outcome after a dropped response files it. Once the
+queue holds more than ``_DEFERRED_DRAIN_AT`` entries ``record_later`` drains it
+itself when the lock is free, so it stays short without any traffic but
+dropped responses.
 """
 
 from __future__ import annotations
@@ -49,6 +78,7 @@ import inspect
 import logging
 import math
 import random as _random
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextvars import ContextVar, Token
@@ -106,9 +136,16 @@ class _NotAwaitable(TypeError):
 
 
 class _Call:
-    """The mark of a call (or a generator step) running through a breaker."""
+    """The mark of an async call (or an async generator step) running through a breaker.
+
+    Like a :class:`_Block`, it reads as running and owned by no thread, which is
+    all the hot path of a synchronous call needs to know of it (see
+    :class:`_Mark`).
+    """
 
     __slots__ = ()
+    on = True
+    owner = None
 
     def __repr__(self) -> str:
         return "<call running>"
@@ -117,15 +154,37 @@ class _Call:
 _CALL = _Call()
 
 
+class _Mark:
+    """Whether a synchronous call through a breaker runs, in one context and thread.
+
+    The value of the breaker's ``ContextVar`` from the first synchronous call in
+    a context on, so that marking a call is two stores of ``on``, not a set and
+    a reset of the variable. ``owner`` is the token of the thread that put it
+    there (see the module docstring).
+    """
+
+    __slots__ = ("on", "owner")
+
+    def __init__(self, owner: object) -> None:
+        self.on = False
+        self.owner = owner
+
+    def __repr__(self) -> str:
+        return f"<call {'running' if self.on else 'not running'}>"
+
+
 class _Block:
     """One ``with breaker:`` block running in one context.
 
     ``outer`` is the value the breaker's context variable held before the
-    block (``None``, a running call, or an enclosing block), ``permit`` is
-    ``None`` for a block nested in another call through the same breaker.
+    block (``None``, a :class:`_Mark`, ``_CALL`` or an enclosing block), put
+    back when it ends; ``permit`` is ``None`` for a block nested in another
+    call through the same breaker.
     """
 
     __slots__ = ("outer", "permit", "start", "token")
+    on = True  # running, owned by no thread: see _Call
+    owner = None
 
     def __init__(self, outer: object, permit: int | None, start: float | None) -> None:
         self.outer = outer
@@ -174,6 +233,7 @@ class CircuitBreaker:
         "_deferred",
         "_dispatching",
         "_listener",
+        "_local",
         "_lock",
         "_queue",
         "_running",
@@ -220,10 +280,15 @@ class CircuitBreaker:
         self.deferred_dropped = 0
         self._dispatching = False
         self._clock_warned = False
-        # Set while a call through this breaker runs in the current context.
+        # Re-entrancy (see the module docstring): what runs in the current
+        # context, a _Mark, _CALL or a _Block.
         self._running: ContextVar[object] = ContextVar(
             f"circuitbreaker_http.running:{name}", default=None
         )
+        # Only the identity of each thread's own __dict__ of it is used: the
+        # owner token of _Marks. Looked up now, so that gevent's local is used
+        # once it is patched in.
+        self._local = threading.local()
         #: The configured ``classify`` hook, or ``None`` (read-only).
         self.classifier = config.classify
         self._slow_after = config.slow_call_duration
@@ -351,24 +416,32 @@ class CircuitBreaker:
         slow_after = self._slow_after
         slow = slow_after is not None and duration is not None and duration > slow_after
         lock = self._lock
-        core = self._core
-        lock.acquire()  # cheaper than ``with`` on the hot path
-        try:
-            now: float | None = None
-            if not (failed or slow or self._deferred):
-                # The plain success of the integrations, as in call(): the
-                # core's fast path without a call.
+        if failed or slow:
+            lock.acquire()
+            try:
+                drain = self._record_locked(permit, failed, slow, retry_after)
+            finally:
+                lock.release()
+        else:
+            # The plain success of the integrations, as in call(): one lock
+            # round trip, one clock read, and the core's fast path without a
+            # call. (Outcomes queued by finalisers close that path: see _defer.)
+            core = self._core
+            clock = self.clock  # ``self.clock()`` would cost a method lookup
+            lock.acquire()  # cheaper than ``with`` on the hot path
+            try:
                 try:
-                    now = self.clock()
+                    now = clock()
                 except Exception:
-                    now = None  # _record_locked reads it again and reports the failure
+                    # _record_locked reads it again and reports the failure.
+                    drain = self._record_locked(permit, False, False, retry_after)
                 else:
                     if now < core.success_fast_until and permit == core.cycle:
                         core.pending_successes += 1
                         return
-            drain = self._record_locked(permit, failed, slow, retry_after, now)
-        finally:
-            lock.release()
+                    drain = self._record_locked(permit, False, False, retry_after, now)
+            finally:
+                lock.release()
         if drain is True:
             self._drain()
         elif drain is not False:
@@ -457,11 +530,20 @@ class CircuitBreaker:
         entry = (permit, at, failed, slow)
         deferred = self._deferred
         queued = len(deferred) < _DEFERRED_CAP
+        lock = self._lock
         if queued:
             deferred.append(entry)
             if len(deferred) <= _DEFERRED_DRAIN_AT:
+                # The hot paths do not look at the queue: close the core's
+                # success fast path, so that the next outcome takes the slow
+                # path, which files the queue first. With the lock taken, the
+                # end of the window's current bucket closes it soon enough.
+                if lock.acquire(blocking=False):
+                    try:
+                        self._core.close_fast_path()
+                    finally:
+                        lock.release()
                 return
-        lock = self._lock
         if at is None or not lock.acquire(blocking=False):
             # No reading to drain with, or the lock is taken (maybe by this
             # very thread, interrupted by the collector): the next drain will
@@ -571,82 +653,173 @@ class CircuitBreaker:
             Exception: whatever ``fn`` raises (recorded as a failure unless it
                 is a ``CircuitOpenError`` of another breaker or ``classify`` says so).
         """
-        running = self._running
+        # The hot paths, written for the interpreter: locals over attributes,
+        # few helper calls, every rare case off them in _call_other. ``try``
+        # costs nothing until something raises.
+        # A _Mark, _CALL, a _Block or None: told apart by ``on`` and ``owner``,
+        # which they all have but None (typed Any: cast() would be a call).
+        mark: Any = self._running.get()
         core = self._core
         permit = core.fast_permit
-        if permit is None:
-            if running.get() is not None:
-                return fn(*args, **kwargs)  # part of the call already running
-            if core.state is _OPEN:
-                # The rejection, inlined: one frame less for it to unwind.
-                now = self.clock()
-                if now < core.open_until:
-                    raise CircuitOpenError(self.name, _OPEN, core.open_until - now)
-            permit = self._admit()
-        elif running.get():  # None, or a truthy mark
+        if not permit or self.timed:  # not closed (None), disabled (0), or timed
+            if permit is None and (mark is None or not mark.on):
+                # Certainly not inside a call through this breaker here: the
+                # rejections, inlined (one frame less for them to unwind).
+                state = core.state
+                if state is _OPEN:
+                    clock = self.clock  # ``self.clock()`` would cost a method lookup
+                    now = clock()
+                    if now < core.open_until:
+                        raise CircuitOpenError(self.name, _OPEN, core.open_until - now)
+                elif state is _FORCED_OPEN:
+                    raise CircuitOpenError(self.name, _FORCED_OPEN, None)
+            return self._call_other(permit, fn, args, kwargs)
+        me = self._local.__dict__  # this thread's token
+        if mark is None:
+            mark = self._claim(me)  # the first synchronous call in this context
+        elif mark.owner is not me:
+            # A mark of another thread (this context was copied), or an async
+            # call or block through this breaker runs here (owned by none).
+            if mark.on:  # _call_other tells them apart
+                return self._call_other(permit, fn, args, kwargs)
+            mark = self._claim(me)
+        elif mark.on:
             return fn(*args, **kwargs)  # part of the call already running
-        if self.timed:
-            return self._call_timed(permit, fn, *args, **kwargs)
-        token = running.set(_CALL)
+        mark.on = True
         try:
-            result = fn(*args, **kwargs)
+            # Calling ``fn()`` itself when there is nothing to pass is cheaper
+            # than unpacking an empty tuple and dict.
+            result = fn(*args, **kwargs) if args or kwargs else fn()  # type: ignore[call-arg]
         except Exception as exc:
-            running.reset(token)
+            mark.on = False
             self._raised(permit, None, exc, fn)
             raise
         except BaseException:
-            running.reset(token)
+            mark.on = False
             self.release(permit)
             raise
-        running.reset(token)
-        if not permit:
-            return result
+        mark.on = False
         # The plain success, inlined: one lock round trip, one clock read, no
         # event, and the core's own fast path (see BreakerCore) without a call.
-        trouble = None
+        clock = self.clock
         lock = self._lock
         lock.acquire()  # cheaper than ``with`` on the hot path
         try:
-            now = self.clock()
-            if now < core.success_fast_until and permit == core.cycle:
-                core.pending_successes += 1
-                return result
-            core.success(permit, now)
-            if not core.changes:
-                return result
-            drain = self._enqueue()
-        except Exception as exc:
-            # A clock that raised or gave a reading the core refuses must not
-            # cost the caller fn's result.
-            core.release(permit)
-            trouble = exc
+            try:
+                now = clock()
+            except Exception:
+                # _record_locked reads it again and reports the failure.
+                drain = self._record_locked(permit, False, False, None)
+            else:
+                # (Outcomes queued by finalisers close this path: see _defer.)
+                if now < core.success_fast_until and permit == core.cycle:
+                    core.pending_successes += 1
+                    return result
+                drain = self._record_locked(permit, False, False, None, now)
         finally:
             lock.release()
-        if trouble is not None:
-            self._clock_failed(trouble)
-        elif drain:
+        if drain is True:
             self._drain()
+        elif drain is not False:
+            # A clock that raised or gave a reading the core refuses must not
+            # cost the caller fn's result.
+            self._clock_failed(drain)
         return result
 
-    def _call_timed(
-        self, permit: int, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    def _claim(self, me: object) -> _Mark:
+        """Put a :class:`_Mark` of this thread (token ``me``) in the current context."""
+        mark = _Mark(me)
+        self._running.set(mark)  # for good: later calls here only flip it
+        return mark
+
+    def _claimed(self) -> tuple[_Mark | None, Token[object] | None]:
+        """This thread's :class:`_Mark` in the current context, put there if need be.
+
+        The mark is ``None`` while an async call, a ``with`` block or an async
+        generator step through this breaker runs here: a call is part of it
+        anyway. The token is not ``None`` when the mark was set for this call
+        only, and must be reset after it: over a mark of another thread whose
+        call runs (this context was copied from that call's; it stays part of
+        that call in that thread).
+        """
         running = self._running
-        token = running.set(_CALL)
-        start = self._reading()
+        mark = running.get()
+        if type(mark) is _Mark:
+            me = self._local.__dict__
+            if mark.owner is me:
+                return mark, None
+            if mark.on:
+                own = _Mark(me)
+                return own, running.set(own)
+            return self._claim(me), None
+        return (self._claim(self._local.__dict__) if mark is None else None), None
+
+    def _inside(self) -> bool:
+        """Whether a call through this breaker already runs in this context and thread."""
+        mark: Any = self._running.get()
+        # _CALL and _Blocks run and are owned by no thread; a _Mark runs when
+        # it is on, and only for the thread that owns it.
+        if mark is None or not mark.on:
+            return False
+        owner = mark.owner  # compared by identity: tokens are dicts
+        return owner is None or owner is self._local.__dict__
+
+    @staticmethod
+    def _flip(mark: _Mark | None) -> bool:
+        """Set ``mark`` running (unless it is ``None``) and return whether it was."""
+        if mark is None:
+            return True
+        was = mark.on
+        mark.on = True
+        return was
+
+    def _unflip(self, mark: _Mark | None, was: bool, token: Token[object] | None) -> None:
+        """Undo :meth:`_flip` and the set of :meth:`_claimed` for one step."""
+        if mark is not None:
+            mark.on = was
+        if token is not None:
+            self._running.reset(token)
+
+    def _call_other(
+        self,
+        permit: int | None,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        """The rest of :meth:`call`, off its hot path.
+
+        That is: while not closed (``permit`` is ``None``: a half-open trial,
+        an open period that has just ended, a call inside a call already
+        running, a rejection), while disabled (``permit`` 0: nothing to
+        record), when outcomes need a duration, or when the context holds the
+        running mark of an async call or of another thread.
+        """
+        mark, token = self._claimed()
         try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            running.reset(token)
-            self._raised(permit, self._since(start), exc, fn)
-            raise
-        except BaseException:
-            running.reset(token)
-            self.release(permit)
-            raise
-        running.reset(token)
+            if mark is None or mark.on:
+                return fn(*args, **kwargs)  # part of the call already running
+            if permit is None:
+                permit = self._admit()
+            timed = self.timed and permit != 0
+            mark.on = True
+            start = self._reading() if timed else None
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                mark.on = False
+                self._raised(permit, self._since(start) if timed else None, exc, fn)
+                raise
+            except BaseException:
+                mark.on = False
+                self.release(permit)
+                raise
+            mark.on = False
+        finally:
+            if token is not None:
+                self._running.reset(token)
         if permit:
-            self._succeeded(permit, self._since(start))
+            self._succeeded(permit, self._since(start) if timed else None)
         return result
 
     async def call_async(
@@ -665,8 +838,13 @@ class CircuitBreaker:
             Exception: whatever ``fn`` raises.
         """
         running = self._running
-        if running.get() is not None:
-            return await fn(*args, **kwargs)
+        mark: Any = running.get()
+        if (
+            mark is not None
+            and mark.on
+            and (mark.owner is None or mark.owner is self._local.__dict__)
+        ):
+            return await fn(*args, **kwargs)  # _inside(), inlined: part of the call running
         if not callable(fn):
             raise TypeError(f"call_async needs a callable returning an awaitable, got {fn!r}")
         core = self._core
@@ -746,10 +924,13 @@ class CircuitBreaker:
 
             wrapped = async_wrapper
         else:
+            call = self.call  # bound once: the wrapper is a hot path too
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return breaker.call(fn, *args, **kwargs)
+                if args or kwargs:
+                    return call(fn, *args, **kwargs)
+                return call(fn)  # cheaper than forwarding an empty tuple and dict
 
             wrapped = wrapper
         return cast(F, wrapped)
@@ -757,12 +938,19 @@ class CircuitBreaker:
     # -- generators ------------------------------------------------------------
 
     def _iterate(self, gen: Generator[Y, S, R]) -> Generator[Y, S, R]:
-        """Drive ``gen`` as one call through the breaker, passing sends and throws on."""
-        running = self._running
-        if running.get() is not None:
+        """Drive ``gen`` as one call through the breaker, passing sends and throws on.
+
+        Each step is synchronous, so it is marked as a synchronous call is, with
+        the :class:`_Mark` of the context it runs in (looked up anew for each
+        step: a generator may be resumed elsewhere), put back as it was after
+        it (a step may be driven from inside another call through the breaker).
+        """
+        if self._inside():
             # Iterated inside a call through this breaker: part of that call.
             return (yield from gen)
         permit = self.acquire()
+        running = self._running
+        local = self._local
         timed = self.timed
         spent: float | None = 0.0 if timed else None
         closing = False
@@ -770,7 +958,11 @@ class CircuitBreaker:
         thrown: BaseException | None = None
         try:
             while True:
-                token = running.set(_CALL)
+                mark: Any = running.get()
+                token = None
+                if mark is None or mark.owner is not local.__dict__:
+                    mark, token = self._claimed()  # mark None: an async call or block runs here
+                was = self._flip(mark)
                 began = self._reading() if timed else None
                 try:
                     if thrown is None:
@@ -779,7 +971,10 @@ class CircuitBreaker:
                         exc, thrown = thrown, None
                         value = gen.throw(exc)
                 finally:
-                    running.reset(token)
+                    if mark is not None:
+                        mark.on = was
+                    if token is not None:
+                        running.reset(token)
                     if timed:
                         spent = self._add_since(spent, began)
                 try:
@@ -788,11 +983,12 @@ class CircuitBreaker:
                     # close(), maybe by the garbage collector: settle without
                     # waiting for the lock from here on.
                     closing = True
-                    token = running.set(_CALL)
+                    mark, token = self._claimed()
+                    was = self._flip(mark)
                     try:
                         gen.close()
                     finally:
-                        running.reset(token)
+                        self._unflip(mark, was, token)
                     raise
                 except BaseException as exc:  # thrown in: the generator decides
                     thrown = exc
@@ -819,7 +1015,7 @@ class CircuitBreaker:
         async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             agen = fn(*args, **kwargs)
             # Iterated inside a call through this breaker: part of that call.
-            own = running.get() is None
+            own = not breaker._inside()
             permit = breaker.acquire() if own else 0
             timed = own and breaker.timed
             spent: float | None = 0.0 if timed else None
@@ -911,12 +1107,17 @@ class CircuitBreaker:
 
     def _enter(self) -> None:
         running = self._running
-        outer = running.get()
-        if outer is not None:
+        outer: Any = running.get()
+        if (
+            outer is not None
+            and outer.on
+            and (outer.owner is None or outer.owner is self._local.__dict__)
+        ):  # _inside(), inlined
             block = _Block(outer, None, None)  # part of the call already running
         else:
+            # ``outer`` may be a _Mark that is not running: put back on exit.
             permit = self.acquire()
-            block = _Block(None, permit, self._reading() if self.timed else None)
+            block = _Block(outer, permit, self._reading() if self.timed else None)
         block.token = running.set(block)
 
     def _exit(self, exc: BaseException | None) -> None:

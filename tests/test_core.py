@@ -1409,6 +1409,35 @@ def test_a_trip_counts_the_fast_successes_before_it() -> None:
     assert (snap.calls, snap.failures) == (4, 2)
 
 
+def test_a_closed_fast_path_opens_again_with_the_next_success() -> None:
+    # What a shell does when it holds outcomes the core has not seen yet.
+    core = make(window=10.0, consecutive_failures=None, failure_rate=None)
+    succeed(core, 1.0)
+    core.success(take(core, 1.5), 1.5)
+    assert core.pending_successes == 1
+    core.close_fast_path()
+    core.success(take(core, 1.5), 1.5)  # the slow path: everything counted
+    assert core.pending_successes == 0
+    assert core.snapshot(1.5).calls == 3
+    core.success(take(core, 1.5), 1.5)  # and the fast path again
+    assert core.pending_successes == 1
+
+
+def test_a_slow_success_opens_the_fast_path_only_if_no_rule_can_fire() -> None:
+    core = make(window=10.0, consecutive_failures=None, failure_rate=0.5, minimum_calls=3)
+    fail(core, 1.0)
+    core.close_fast_path()
+    core.success(take(core, 1.5), 1.5)
+    core.success(take(core, 1.5), 1.5)
+    assert core.pending_successes == 0  # the failure is still in the window
+    assert core.state is CLOSED  # 1 of 3
+    core.snapshot(12.0)  # the failure has aged out
+    core.close_fast_path()
+    core.success(take(core, 12.0), 12.0)
+    core.success(take(core, 12.0), 12.0)
+    assert core.pending_successes == 1
+
+
 def test_no_fast_path_while_the_window_holds_a_failure_or_a_slow_call() -> None:
     core = make(window=10.0, consecutive_failures=None, failure_rate=0.5, minimum_calls=3)
     succeed(core, 0.0, slow=True)

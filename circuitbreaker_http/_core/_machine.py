@@ -332,6 +332,9 @@ class BreakerCore:
         # can still leave a rate at its threshold.
         if (self.failures or self.slow_calls) and self.calls >= self._min_calls:
             self._check_rates(now)
+        # Open the fast path again if nothing can fire (it may have been
+        # closed by close_fast_path, or by a transition).
+        self._rearm()
 
     def record(
         self,
@@ -485,6 +488,16 @@ class BreakerCore:
             trial = self.trials.pop(permit, None)
             if trial is not None and trial[1]:
                 self.slots_used -= 1
+
+    def close_fast_path(self) -> None:
+        """Send the next success down the slow path of :meth:`success`.
+
+        For a shell holding outcomes the core has not seen yet (queued where
+        its lock could not be waited for): its slow path files them first. A
+        success taken by the slow path opens the fast path again when no rule
+        can fire, as does the window moving to a new bucket.
+        """
+        self.success_fast_until = _NINF
 
     # -- manual control ------------------------------------------------------
 
