@@ -6,12 +6,16 @@ The scripts run as ``python benchmarks/bench_*.py``, so this folder is on
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from itertools import repeat
 from typing import Any
 
@@ -115,3 +119,32 @@ def callgrind_instructions(argv: list[str], env: Mapping[str, str] | None = None
             f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
         )
     return int(found[-1])
+
+
+def _serve(listener: socket.socket, serve_connection: Callable[[socket.socket], None]) -> None:
+    """The server process: answer every connection until the parent kills it."""
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve_connection, args=(conn,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def canned_server(serve_connection: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A canned keep-alive server in a child process on a free loopback port.
+
+    ``serve_connection(conn)`` answers one connection; the child runs it on a
+    thread per connection, so it never competes with the client for the GIL.
+    Yields ``http://127.0.0.1:PORT``.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = int(listener.getsockname()[1])
+    process = multiprocessing.get_context("fork").Process(
+        target=_serve, args=(listener, serve_connection), daemon=True
+    )
+    process.start()
+    listener.close()  # the child holds its own copy
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.join(5)

@@ -28,16 +28,15 @@ import argparse
 import contextlib
 import gc
 import json
-import multiprocessing
 import platform
 import socket
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import _common
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -86,28 +85,11 @@ def _serve_connection(conn: socket.socket) -> None:
                 conn.sendall(RESPONSE * count)
 
 
-def _serve(listener: socket.socket) -> None:
-    """The child process: answer every connection until the parent kills it."""
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=_serve_connection, args=(conn,), daemon=True).start()
-
-
 @contextlib.contextmanager
 def canned_server() -> Iterator[str]:
-    """Start the server process on a free loopback port; yield its URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = int(listener.getsockname()[1])
-    process = multiprocessing.get_context("fork").Process(
-        target=_serve, args=(listener,), daemon=True
-    )
-    process.start()
-    listener.close()  # the child holds its own copy
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        process.terminate()
-        process.join(5)
+    """The canned server of ``_serve_connection`` (see ``_common.canned_server``)."""
+    with _common.canned_server(_serve_connection) as origin:
+        yield origin + "/"
 
 
 # -- contenders ---------------------------------------------------------------------------------
