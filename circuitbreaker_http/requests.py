@@ -131,7 +131,7 @@ from ._errors import CircuitOpenError
 from ._keys import KeyFunc, _encode_host
 from ._options import EXTENSION
 from ._options import _current as _current_options
-from ._outcome import ErrorKinds, FallbackPlan, Gate, Outcome, check_fallback
+from ._outcome import ErrorKinds, FallbackPlan, Gate, Outcome, check_fallback, started
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
@@ -493,10 +493,6 @@ class _RetryStopped(Exception):
         self.last_error = last_error
 
 
-def _started(breaker: CircuitBreaker) -> float:
-    return breaker.clock() if breaker.timed else 0.0
-
-
 class _Attempt:
     """The breaker side of one logical request while urllib3 may retry it.
 
@@ -539,7 +535,7 @@ class _Attempt:
             permit = breaker.acquire(CircuitOpenRequestsError)
         except CircuitOpenRequestsError as exc:
             raise _RetryStopped(exc, last_error) from None
-        self.outcome = _Outcome(old.gate, breaker, permit, old.request, _started(breaker))
+        self.outcome = _Outcome(old.gate, breaker, permit, old.request, started(breaker))
         self.permit = permit
         self.unsent = True
         old.cancelled()  # its period is over: it records nothing either way
