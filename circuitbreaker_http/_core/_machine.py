@@ -30,6 +30,16 @@ different processes line up, so a fleet can add its windows together. Running
 totals make every rule check O(1). The consecutive-failure count sits beside
 the window and is not aged.
 
+The count window. With ``window_calls`` set, the rate rules (and the
+snapshot's counts) see only the most recent ``window_calls`` outcomes still in
+the time window. They are kept beside the buckets as runs of equal outcomes
+(bucket index, kind, count) in a deque, oldest first, with running totals:
+an outcome joins the newest run or starts one, the oldest runs are trimmed to
+``window_calls`` outcomes, and runs whose bucket leaves the time window go
+with it. Every step is O(1) amortised, and memory is bounded by the number of
+changes of kind, not of calls. A late outcome joins as the newest. Without
+``window_calls`` none of this exists and nothing on the hot path changes.
+
 Two kinds of time. A live outcome (:meth:`record`, :meth:`success`) happened
 at ``now``; a reading older than the newest bucket can only be a clock that
 stepped back, and lands in the newest bucket. A late outcome
@@ -52,6 +62,7 @@ to :attr:`changes` for the shell to hand to listeners outside its lock.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -183,9 +194,13 @@ class BreakerCore:
         "_b_slow",
         "_bucket_end",
         "_cf",
+        "_counted",
         "_fr",
         "_head",
         "_min_calls",
+        "_n_calls",
+        "_n_failures",
+        "_n_slow",
         "_random",
         "_scr",
         "_serial",
@@ -220,6 +235,12 @@ class BreakerCore:
         self._min_calls = config.minimum_calls
         self._scr = config.slow_call_rate if config.slow_call_duration is not None else None
         self._width = config.window / BUCKETS
+        # The count window (see "The count window" above): runs of
+        # [bucket index, failed, slow, count], and their totals.
+        self._counted: deque[list[int]] | None = (
+            deque() if config.window_calls is not None else None
+        )
+        self._n_calls = self._n_failures = self._n_slow = 0
         self.state = CLOSED
         self._serial = 1
         self.cycle = 1
@@ -328,6 +349,8 @@ class BreakerCore:
         self._b_calls[slot] += 1
         self.calls += 1
         self.consecutive = 0
+        if self._counted is not None:
+            self._count(0, 0)
         # A success lowers every rate, but ageing out or reaching minimum_calls
         # can still leave a rate at its threshold.
         if (self.failures or self.slow_calls) and self.calls >= self._min_calls:
@@ -362,6 +385,8 @@ class BreakerCore:
             slot = self._slot_at(now)
             self._b_calls[slot] += 1
             self.calls += 1
+            if self._counted is not None:
+                self._count(int(failed), int(slow))
             if failed or slow:
                 self.success_fast_until = _NINF
             if slow:
@@ -443,6 +468,8 @@ class BreakerCore:
             slot = self._slot if index >= head else index % _SLOTS
             self._b_calls[slot] += 1
             self.calls += 1
+            if self._counted is not None:
+                self._count(int(failed), int(slow), index=min(index, head))
             if failed or slow:
                 self.success_fast_until = _NINF
             if slow:
@@ -463,10 +490,15 @@ class BreakerCore:
         return filed
 
     def _check_rates(self, now: float) -> None:
-        calls = self.calls
-        if self._fr is not None and self.failures / calls >= self._fr:
+        if self._counted is None:
+            calls, failures, slow = self.calls, self.failures, self.slow_calls
+        else:
+            calls, failures, slow = self._n_calls, self._n_failures, self._n_slow
+            if calls < self._min_calls:
+                return
+        if self._fr is not None and failures / calls >= self._fr:
             self._transition("trip", now, "failure_rate")
-        elif self._scr is not None and self.slow_calls / calls >= self._scr:
+        elif self._scr is not None and slow / calls >= self._scr:
             self._transition("trip", now, "slow_call_rate")
 
     def headers_ok(self, permit: int) -> None:
@@ -520,17 +552,20 @@ class BreakerCore:
         self.poll(now)  # which refuses a ``now`` that is not finite
         self._fold()
         self._advance(bucket_of(now, self._width))
-        calls = self.calls
+        if self._counted is None:
+            calls, failures, slow = self.calls, self.failures, self.slow_calls
+        else:
+            calls, failures, slow = self._n_calls, self._n_failures, self._n_slow
         state = self.state
         return BreakerSnapshot(
             name=self.name,
             state=state,
             calls=calls,
-            failures=self.failures,
-            slow_calls=self.slow_calls,
+            failures=failures,
+            slow_calls=slow,
             consecutive_failures=self.consecutive,
-            failure_rate=self.failures / calls if calls else None,
-            slow_call_rate=self.slow_calls / calls if calls else None,
+            failure_rate=failures / calls if calls else None,
+            slow_call_rate=slow / calls if calls else None,
             retry_after=max(0.0, self.open_until - now) if state is OPEN else None,
             open_count=self.open_count,
             trials_in_flight=self.slots_used,
@@ -584,6 +619,8 @@ class BreakerCore:
         if head is None or index - head >= _SLOTS:
             self._clear_window()
             return
+        if self._counted is not None:
+            self._age_counted(index - BUCKETS)
         b_calls, b_failures, b_slow = self._b_calls, self._b_failures, self._b_slow
         for i in range(head + 1, index + 1):
             slot = i % _SLOTS
@@ -602,12 +639,53 @@ class BreakerCore:
             self._b_calls[self._slot] += pending
             self.calls += pending
             self.consecutive = 0
+            if self._counted is not None:
+                self._count(0, 0, pending)
 
     def _clear_window(self) -> None:
         self._b_calls[:] = self._b_failures[:] = self._b_slow[:] = [0] * _SLOTS
         self.calls = self.failures = self.slow_calls = 0
         self.pending_successes = 0
+        if self._counted is not None:
+            self._counted.clear()
+            self._n_calls = self._n_failures = self._n_slow = 0
         self._rearm()
+
+    def _count(self, failed: int, slow: int, k: int = 1, index: int | None = None) -> None:
+        """Add ``k`` outcomes of one kind to the count window, then trim it to size."""
+        counted = self._counted
+        assert counted is not None and self._head is not None
+        if index is None:
+            index = self._head
+        last = counted[-1] if counted else None
+        if last is not None and last[0] == index and last[1] == failed and last[2] == slow:
+            last[3] += k
+        else:
+            counted.append([index, failed, slow, k])
+        self._n_calls += k
+        self._n_failures += failed * k
+        self._n_slow += slow * k
+        excess = self._n_calls - self.config.window_calls  # type: ignore[operator]
+        while excess > 0:
+            run = counted[0]
+            n = min(run[3], excess)
+            run[3] -= n
+            excess -= n
+            self._n_calls -= n
+            self._n_failures -= run[1] * n
+            self._n_slow -= run[2] * n
+            if not run[3]:
+                counted.popleft()
+
+    def _age_counted(self, oldest: int) -> None:
+        """Drop the count window's runs filed in buckets before bucket ``oldest``."""
+        counted = self._counted
+        assert counted is not None
+        while counted and counted[0][0] < oldest:
+            _, failed, slow, n = counted.popleft()
+            self._n_calls -= n
+            self._n_failures -= failed * n
+            self._n_slow -= slow * n
 
     def _rearm(self) -> None:
         """Open the success fast path for the newest bucket, if no rule can fire in it.

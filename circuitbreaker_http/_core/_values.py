@@ -10,7 +10,7 @@ import enum
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -79,6 +79,30 @@ def _default_failure_statuses() -> frozenset[int]:
 DEFAULT_FAILURE_STATUSES: frozenset[int] = _default_failure_statuses()
 """408, 429 and 500–599 except 501 and 505."""
 
+if TYPE_CHECKING:
+
+    class _StatusesField:
+        """How type checkers see ``BreakerConfig.failure_statuses``; never built.
+
+        The field takes any iterable of ints and ``__post_init__`` stores it as a
+        frozenset. A dataclass field has one declared type, which would be both
+        the ``__init__`` parameter's and the attribute's; declared as a
+        descriptor, a type checker takes the parameter's type from ``__set__``
+        (``Iterable[int]``) and the attribute's from ``__get__``
+        (``frozenset[int]``), as mypy and PEP 681 do for descriptor-typed
+        dataclass fields. At run time the field is a plain ``frozenset[int]``.
+        """
+
+        @overload
+        def __get__(self, instance: None, owner: type[object]) -> _StatusesField: ...
+        @overload
+        def __get__(self, instance: object, owner: type[object]) -> frozenset[int]: ...
+        def __get__(
+            self, instance: object, owner: type[object]
+        ) -> _StatusesField | frozenset[int]: ...
+        def __set__(self, instance: object, value: Iterable[int]) -> None: ...
+
+
 Classifier = Callable[[CallInfo], "Verdict | None"]
 
 
@@ -123,16 +147,24 @@ class BreakerConfig:
         window: Seconds covered by the sliding window (1e-6 to 1e9). It is kept in buckets
             aligned to multiples of ``window / 10`` on the clock, so an outcome
             leaves it between ``window`` and ``1.1 × window`` after it was recorded.
+        window_calls: When set, the rate rules see only the most recent
+            ``window_calls`` outcomes of the time window (a count window bounded
+            in time), so a burst of slow or failed calls is not diluted by a
+            quiet healthy past; the snapshot's ``calls``, ``failures`` and
+            rates are of that view too (``None``: the whole time window; at
+            least ``minimum_calls``).
         slow_call_duration: A call longer than this many seconds is slow (``None``: off).
         slow_call_rate: Trip when slow / recorded calls in the window reaches this.
         open_duration: Seconds the breaker stays open the first time it trips.
-        open_backoff: Each consecutive re-open multiplies the open period by this.
+        open_backoff: Each consecutive re-open multiplies the open period by this
+            (the default, 1, keeps every open period ``open_duration`` long).
         max_open_duration: Cap on any open period before jitter; also how long a
             half-open trial may stay unsettled before it is judged.
         open_jitter: Each open period is stretched by a random fraction up to this.
         half_open_max_calls: Trial calls allowed in flight at once while half-open.
         success_threshold: Successful trials needed to close again.
-        failure_statuses: HTTP statuses that count as failures.
+        failure_statuses: HTTP statuses that count as failures: any iterable of ints,
+            stored as a frozenset.
         respect_retry_after: Let a failure's ``Retry-After`` lengthen the open period.
         classify: ``classify(CallInfo) -> Verdict | None`` to decide outcomes yourself.
     """
@@ -141,15 +173,19 @@ class BreakerConfig:
     failure_rate: float | None = 0.5
     minimum_calls: int = 10
     window: float = 30.0
+    window_calls: int | None = None
     slow_call_duration: float | None = None
     slow_call_rate: float = 1.0
     open_duration: float = 30.0
-    open_backoff: float = 2.0
+    open_backoff: float = 1.0
     max_open_duration: float = 300.0
     open_jitter: float = 0.0
     half_open_max_calls: int = 1
     success_threshold: int = 1
-    failure_statuses: frozenset[int] = field(default_factory=_default_failure_statuses)
+    if TYPE_CHECKING:  # accepts any iterable of ints, reads as a frozenset: see _StatusesField
+        failure_statuses: _StatusesField = _StatusesField()
+    else:
+        failure_statuses: frozenset[int] = field(default_factory=_default_failure_statuses)
     respect_retry_after: bool = True
     classify: Classifier | None = None
 
@@ -173,6 +209,13 @@ class BreakerConfig:
             "window",
             f"a finite number of seconds from {MIN_WINDOW:g} to {MAX_SECONDS:g}",
             w,
+        )
+        wc = self.window_calls
+        _check(
+            wc is None or (_is_int(wc) and wc >= mc),
+            "window_calls",
+            f"None or an int >= minimum_calls ({mc!r})",
+            wc,
         )
         scd = self.slow_call_duration
         _check(

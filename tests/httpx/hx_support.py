@@ -52,8 +52,13 @@ KEY = "http://api.test"
 
 # One failure opens the breaker for 10 s: every test can tell a recorded
 # failure from an ignored one by the state alone.
+# Backoff 2 (not the default 1) so a test can tell a re-open from a first trip.
 TRIP1 = BreakerConfig(
-    consecutive_failures=1, failure_rate=None, open_duration=10.0, max_open_duration=300.0
+    consecutive_failures=1,
+    failure_rate=None,
+    open_duration=10.0,
+    max_open_duration=300.0,
+    open_backoff=2.0,
 )
 # Nothing trips: the window counts are the whole story.
 COUNT_ONLY = BreakerConfig(consecutive_failures=None, failure_rate=None)

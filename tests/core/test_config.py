@@ -25,10 +25,11 @@ def test_defaults() -> None:
     assert config.failure_rate == 0.5
     assert config.minimum_calls == 10
     assert config.window == 30.0
+    assert config.window_calls is None
     assert config.slow_call_duration is None
     assert config.slow_call_rate == 1.0
     assert config.open_duration == 30.0
-    assert config.open_backoff == 2.0
+    assert config.open_backoff == 1.0
     assert config.max_open_duration == 300.0
     assert config.open_jitter == 0.0
     assert config.half_open_max_calls == 1
@@ -46,6 +47,7 @@ def test_every_field_has_a_default_checked_above() -> None:
         "failure_rate",
         "minimum_calls",
         "window",
+        "window_calls",
         "slow_call_duration",
         "slow_call_rate",
         "open_duration",

@@ -635,10 +635,22 @@ def test_jitter(rnd: float, jitter: float, config: dict[str, Any], period: float
 
 
 def test_jitter_stretches_backoff_periods_too() -> None:
-    core = make(lambda: 0.5, consecutive_failures=1, open_duration=10.0, open_jitter=0.5)
+    core = make(
+        lambda: 0.5, consecutive_failures=1, open_duration=10.0, open_jitter=0.5, open_backoff=2.0
+    )
     trip(core, 0.0)
     assert core.open_until == 12.5
     assert reopen(core) == pytest.approx(25.0)
+
+
+def test_default_backoff_keeps_every_open_period_the_same() -> None:
+    core = make(consecutive_failures=1, open_duration=10.0)
+    trip(core, 0.0)
+    assert core.open_until == 10.0
+    for _ in range(5):
+        start = core.open_until
+        assert reopen(core) == pytest.approx(10.0)
+        assert core.open_until > start
 
 
 # -- half-open -------------------------------------------------------------------------------
@@ -706,7 +718,7 @@ def test_success_threshold(max_calls: int, threshold: int) -> None:
 
 @pytest.mark.parametrize(("failed", "slow"), [(True, False), (False, True), (True, True)])
 def test_one_failed_or_slow_trial_reopens(failed: bool, slow: bool) -> None:
-    core = make(consecutive_failures=1, success_threshold=3, open_duration=10.0)
+    core = make(consecutive_failures=1, success_threshold=3, open_duration=10.0, open_backoff=2.0)
     end = half_open(core)
     succeed(core, end)
     succeed(core, end + 1)
@@ -771,7 +783,11 @@ def test_headers_ok_outside_half_open_or_unknown_does_nothing() -> None:
 
 def test_unsettled_trial_holding_its_slot_times_out_as_failed() -> None:
     core = make(
-        consecutive_failures=1, open_duration=10.0, max_open_duration=100.0, success_threshold=2
+        consecutive_failures=1,
+        open_duration=10.0,
+        max_open_duration=100.0,
+        success_threshold=2,
+        open_backoff=2.0,
     )
     end = half_open(core)
     permit = take(core, end)
