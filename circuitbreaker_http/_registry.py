@@ -18,11 +18,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from threading import Lock
+from typing import Any, TypeVar
 
 from . import _clock
 from ._breaker import CircuitBreaker, StateListener
@@ -36,6 +38,7 @@ _PROTECTED_STATES = frozenset({CircuitState.OPEN, CircuitState.FORCED_OPEN, Circ
 _NEVER = math.inf
 # At most about this many clock marks per longest window (see ``_mark``).
 _MARKS_PER_WINDOW = 1000
+_R = TypeVar("_R", bound="BreakerRegistry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,60 @@ class BreakerRegistry:
         self._mark_every = 0.0  # how far apart marks start (set with the windows)
         self._min_window = _NEVER
         self._max_window = 0.0
+
+    @classmethod
+    def from_file(cls: type[_R], path: str | os.PathLike[str], **kwargs: Any) -> _R:
+        """Build a registry from a TOML configuration file.
+
+        ``[default]`` holds :class:`BreakerConfig` fields (omitted ones keep
+        their defaults); each ``[rules."pattern"]`` table takes the patterns of
+        ``rules=`` and *inherits* every field it does not set from
+        ``[default]``; ``[keys]`` may give ``routes = [...]`` for
+        ``key=by_route(*routes)``. A field that may be off (``None`` in Python)
+        is switched off with ``false``. ``classify`` cannot come from a file.
+
+        Example:
+            ``BreakerRegistry.from_file("breakers.toml", max_breakers=1000)``
+
+        Args:
+            path: The file (UTF-8 TOML).
+            **kwargs: The registry's other arguments: ``key``, ``max_breakers``,
+                ``clock``, ``on_state_change``, ... (not ``default`` or ``rules``).
+
+        Raises:
+            FileNotFoundError: no such file (as ``open`` raises it).
+            ValueError: bad TOML (the message gives the line), an unknown table
+                or field, a value of the wrong type or an invalid one, a bad
+                pattern, or ``[keys] routes`` together with ``key=``; the
+                message starts with the path and the table, then the field.
+            TypeError: ``default`` or ``rules`` among ``kwargs``.
+            ImportError: on Python 3.10 without ``tomli``
+                (``pip install "circuitbreaker-http[toml]"``).
+        """
+        from ._config_file import arguments_from_file
+
+        return cls(**arguments_from_file(path, kwargs))
+
+    @classmethod
+    def from_mapping(cls: type[_R], data: Mapping[str, Any], **kwargs: Any) -> _R:
+        """Build a registry from an already-parsed configuration (JSON, YAML, ...).
+
+        ``data`` has the shape of a file for :meth:`from_file`:
+        ``{"default": {...}, "rules": {"pattern": {...}}, "keys": {"routes": [...]}}``,
+        checked the same way; ``None`` switches a field off as ``False`` does.
+        Errors name ``<mapping>`` where a file's would name its path.
+
+        Args:
+            data: The tables, each a mapping of field to value.
+            **kwargs: The registry's other arguments, as for :meth:`from_file`.
+
+        Raises:
+            ValueError: as for :meth:`from_file`.
+            TypeError: ``default`` or ``rules`` among ``kwargs``.
+        """
+        from ._config_file import arguments_from_mapping
+
+        return cls(**arguments_from_mapping(data, kwargs))
 
     def __repr__(self) -> str:
         return f"<BreakerRegistry {len(self._breakers)} breakers, key={self.key!r}>"
