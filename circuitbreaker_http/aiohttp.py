@@ -85,6 +85,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse
+from ._info import BreakerInfo, read_info
 from ._keys import KeyFunc
 from ._options import _current as _current_options
 from ._outcome import ErrorKinds, Gate, Outcome, check_fallback, settle_complete
@@ -92,6 +93,7 @@ from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
 __all__ = [
+    "BreakerInfo",
     "CircuitBreakerMiddleware",
     "CircuitOpenClientError",
     "Fallback",
@@ -143,7 +145,7 @@ def _describe(request: Any) -> tuple[str, str]:
     return request.method, str(request.url)
 
 
-def breaker_info(response: ClientResponse) -> Mapping[str, Any] | None:
+def breaker_info(response: ClientResponse) -> BreakerInfo | None:
     """The breaker marks of a response, or ``None`` if it went through no breaker.
 
     Args:
@@ -157,8 +159,7 @@ def breaker_info(response: ClientResponse) -> Mapping[str, Any] | None:
         on a Last-Known-Good copy. A request that bypassed the breakers (a key
         function's ``None``, ``options(bypass=True)``) has none.
     """
-    info = getattr(response, ATTRIBUTE, None)
-    return info if isinstance(info, Mapping) else None
+    return read_info(getattr(response, ATTRIBUTE, None))
 
 
 # -- what aiohttp keeps private ------------------------------------------------------------------

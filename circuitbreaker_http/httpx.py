@@ -11,6 +11,9 @@ a success status when the body ends or the response is closed, read or not
 (or, for a response never closed, when it is garbage-collected), so an error
 while the body is read or decoded counts as a failure. The slow-call clock
 counts the upstream's time only: until the headers, plus inside each body read.
+Every response that went through a breaker carries its key and the state it
+was let through in, ``response.extensions["circuit_breaker"]``:
+:func:`breaker_info` reads it, typed.
 
 httpx ignores a Client's own ``verify``, ``cert``, ``proxy``, ``limits``,
 ``http2`` and environment proxies once ``transport=`` is given: pass them to
@@ -33,12 +36,16 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
     ) from exc
 
 from ._httpx_family import AsyncTransport, OpenTransportError, SyncTransport, build
+from ._info import BreakerInfo, read_info
+from ._options import EXTENSION
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
+    "BreakerInfo",
     "CircuitBreakerTransport",
     "CircuitOpenTransportError",
     "Fallback",
+    "breaker_info",
 ]
 
 Fallback = Any
@@ -58,3 +65,32 @@ else:
     CircuitOpenTransportError, CircuitBreakerTransport, AsyncCircuitBreakerTransport = build(
         httpx, __name__
     )
+
+
+def breaker_info(response: httpx.Response) -> BreakerInfo | None:
+    """The breaker marks of a response, or ``None`` if it went through no breaker.
+
+    The typed way to read ``response.extensions["circuit_breaker"]``.
+
+    Args:
+        response: A response returned through :class:`CircuitBreakerTransport`
+            or :class:`AsyncCircuitBreakerTransport` (a redirect's hops in
+            ``response.history`` each carry their own).
+
+    Returns:
+        The mapping the response carries (the same ``dict``): ``key`` (the
+        breaker's key) and ``state`` (the state the request was let through
+        in: ``"closed"``, ``"half_open"`` or ``"disabled"``; for a fallback's
+        response, the state that refused it), plus ``"fallback": True`` on a
+        fallback's response and ``"stale": True`` on a Last-Known-Good copy.
+        ``None`` for a request that bypassed the breakers (a key function's
+        ``None``, ``options(bypass=True)``, ``{"bypass": True}`` in the
+        request's extensions) or a client without a breaker transport.
+
+    Example::
+
+        info = breaker_info(client.get("https://api.example.com/"))
+        if info is not None and info["state"] == "half_open":
+            ...  # a trial request: the upstream was failing a moment ago
+    """
+    return read_info(response.extensions.get(EXTENSION))

@@ -9,8 +9,9 @@ httpx2 is the maintained fork of httpx, imported as ``httpx2``::
 
 Same arguments, same behaviour; a short circuit raises
 ``CircuitOpenTransportError``, both a ``CircuitOpenError`` and an
-``httpx2.TransportError``. One registry may serve httpx, httpx2, requests and
-aiohttp clients at once.
+``httpx2.TransportError``; :func:`breaker_info` reads a response's
+``extensions["circuit_breaker"]``, typed. One registry may serve httpx, httpx2,
+requests and aiohttp clients at once.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
     ) from exc
 
 from ._httpx_family import AsyncTransport, OpenTransportError, SyncTransport, build
+from ._info import BreakerInfo, read_info
+from ._options import EXTENSION
 
-__all__ = ["AsyncCircuitBreakerTransport", "CircuitBreakerTransport", "CircuitOpenTransportError"]
+__all__ = [
+    "AsyncCircuitBreakerTransport",
+    "BreakerInfo",
+    "CircuitBreakerTransport",
+    "CircuitOpenTransportError",
+    "breaker_info",
+]
 
 if TYPE_CHECKING:
 
@@ -40,3 +49,25 @@ else:
     CircuitOpenTransportError, CircuitBreakerTransport, AsyncCircuitBreakerTransport = build(
         httpx2, __name__
     )
+
+
+def breaker_info(response: httpx2.Response) -> BreakerInfo | None:
+    """The breaker marks of a response, or ``None`` if it went through no breaker.
+
+    The typed way to read ``response.extensions["circuit_breaker"]``, as
+    :func:`circuitbreaker_http.httpx.breaker_info` does for httpx.
+
+    Args:
+        response: A response returned through :class:`CircuitBreakerTransport`
+            or :class:`AsyncCircuitBreakerTransport` (a redirect's hops in
+            ``response.history`` each carry their own).
+
+    Returns:
+        The mapping the response carries (the same ``dict``): ``key`` and
+        ``state`` (the state the request was let through in; for a fallback's
+        response, the state that refused it), plus ``"fallback": True`` on a
+        fallback's response and ``"stale": True`` on a Last-Known-Good copy.
+        ``None`` for a request that bypassed the breakers or a client without
+        a breaker transport.
+    """
+    return read_info(response.extensions.get(EXTENSION))

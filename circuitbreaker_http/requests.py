@@ -18,7 +18,8 @@ until the headers, plus inside each body read (nothing is timed when the
 breaker has no slow-call rule and no ``classify``). Each redirect hop is a
 request of its own, and every response that went through a breaker carries
 ``response.circuit_breaker``, a dict with its ``key`` and ``state`` (the state
-its request was let through in, read when it was admitted).
+its request was let through in, read when it was admitted): :func:`breaker_info`
+reads it, typed (requests' ``Response`` declares no such attribute).
 
 How it is built
 ---------------
@@ -128,6 +129,7 @@ from . import _clock
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
+from ._info import BreakerInfo, read_info
 from ._keys import KeyFunc, _encode_host
 from ._options import EXTENSION
 from ._options import _current as _current_options
@@ -135,7 +137,13 @@ from ._outcome import ErrorKinds, FallbackPlan, Gate, Outcome, check_fallback, s
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
 
-__all__ = ["CircuitBreakerAdapter", "CircuitOpenRequestsError", "Fallback"]
+__all__ = [
+    "BreakerInfo",
+    "CircuitBreakerAdapter",
+    "CircuitOpenRequestsError",
+    "Fallback",
+    "breaker_info",
+]
 
 Fallback = Any
 """``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a callable
@@ -850,8 +858,9 @@ class CircuitBreakerAdapter(HTTPAdapter):
             ``HTTPAdapter`` does not take.
 
     Every response that went through a breaker carries
-    ``response.circuit_breaker``, a dict with ``key`` and ``state`` (the state
-    its request was let through in); a fallback's also has ``"fallback": True``
+    ``response.circuit_breaker`` (read it with :func:`breaker_info`), a dict
+    with ``key`` and ``state`` (the state its request was let through in); a
+    fallback's also has ``"fallback": True``
     (and ``"stale": True`` from Last-Known-Good). A response a fallback builds
     is complete: ``status_code``, ``reason``, ``headers``, ``content``,
     ``raw`` (a readable urllib3 response of the same bytes), ``request``,
@@ -1056,3 +1065,31 @@ class CircuitBreakerAdapter(HTTPAdapter):
     def close(self) -> None:
         """Close the connection pools (``HTTPAdapter.close``); the registry is left as it is."""
         super().close()
+
+
+def breaker_info(response: requests.Response) -> BreakerInfo | None:
+    """The breaker marks of a response, or ``None`` if it went through no breaker.
+
+    The typed way to read ``response.circuit_breaker``, an attribute that
+    requests' own ``Response`` does not declare (so a type checker rejects it).
+
+    Args:
+        response: A response returned through :class:`CircuitBreakerAdapter`
+            (a redirect's hops in ``response.history`` each carry their own).
+
+    Returns:
+        The mapping the response carries (the same ``dict``): ``key`` (the
+        breaker's key) and ``state`` (the state the request was let through
+        in: ``"closed"``, ``"half_open"`` or ``"disabled"``; for a fallback's
+        response, the state that refused it), plus ``"fallback": True`` on a
+        fallback's response and ``"stale": True`` on a Last-Known-Good copy.
+        ``None`` for a request that bypassed the breakers (a key function's
+        ``None``, ``options(bypass=True)``) or a session without the adapter.
+
+    Example::
+
+        info = breaker_info(session.get("https://api.example.com/"))
+        if info is not None and info["state"] == "half_open":
+            ...  # a trial request: the upstream was failing a moment ago
+    """
+    return read_info(getattr(response, EXTENSION, None))
