@@ -3,13 +3,17 @@
 ``FallbackResponse`` describes a synthetic response that each integration
 builds anew, in the client's own type, for every short-circuited request.
 ``LastKnownGood`` answers GET and HEAD with the last successful response for
-the same URL, marked stale; the integrations feed it as responses succeed.
+the same URL (and the same credentials), marked stale; the integrations feed
+it as responses succeed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json as _json
+import logging
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +22,7 @@ from typing import Any
 
 from . import _clock
 
-__all__ = ["FallbackResponse", "LastKnownGood", "StoredResponse", "stale_headers"]
+__all__ = ["FallbackResponse", "LastKnownGood", "StoredResponse", "not_stored", "stale_headers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,14 @@ class StoredResponse:
     age: int = 0
 
 
-_UNCACHEABLE = ("no-store", "private")
+logger = logging.getLogger("circuitbreaker_http")
+
+# The request headers that say who is asking: a response to them is kept and
+# served only under their digest (LastKnownGood.credentials).
+_CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
+# Response headers never kept: one client's session cookie must not be handed
+# to another, nor replayed to the same one later.
+_STRIPPED = ("set-cookie", "set-cookie2")
 # RFC 9111 §5.1: the Age a cache sends for any age it cannot represent.
 _AGE_MAX = 2**31
 
@@ -124,27 +135,56 @@ def _directives(value: str) -> set[str]:
     return {part.strip().split("=", 1)[0].lower() for part in value.split(",")}
 
 
+def _members(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",")]
+
+
 class LastKnownGood:
     """Answer GET and HEAD, while the circuit is open, with the last good response.
 
-    Pass it as ``fallback=`` to a transport or adapter. It stores successful
-    (2xx except 206) GET responses whose body was read to the end, and serves
-    the newest one for the same URL, marked stale with ``Age`` (one value: the
-    response's own age when stored plus the time since), ``Warning: 110`` and
-    ``X-Circuit-Breaker: open``. It never serves one user's data to
-    another: requests with ``Authorization`` or ``Cookie`` are neither stored
-    nor answered, responses with ``Cache-Control: no-store`` or ``private`` or a
-    ``Set-Cookie`` are not stored, and ``Vary`` is honoured (``Vary: *`` is
-    never stored).
+    Pass it as ``fallback=`` to a transport, adapter or middleware (alone or
+    as a value of a fallback mapping). It stores successful (2xx except 206)
+    GET responses whose body was read to the end, and serves the newest one
+    for the same URL, marked stale with ``Age`` (one value: the response's own
+    age when stored plus the time since), ``Warning: 110`` and
+    ``X-Circuit-Breaker: open``.
+
+    It never serves one principal's data to another:
+
+    * a request carrying credentials (``Authorization``, ``Cookie``,
+      ``Proxy-Authorization``) is stored and answered only under a digest of
+      those header values (a keyed BLAKE2b, its key random to this instance),
+      so only a request with the same credentials gets the copy back, and a
+      request without any never gets a credentialed copy;
+    * a response marked ``Cache-Control: private`` is stored only for such a
+      credentialed request;
+    * ``Set-Cookie`` is stripped from what is stored, so it is never served;
+    * ``Vary`` is honoured, and ``Vary: *`` is never stored;
+    * a ``Cache-Control: no-store`` response is not stored unless
+      ``honor_no_store=False``.
+
+    Why a GET response was not stored is logged at DEBUG on the
+    ``circuitbreaker_http`` logger, with its URL.
 
     Args:
-        max_entries: How many URLs (with their ``Vary`` variants) to keep.
+        max_entries: How many responses to keep, counting each URL's
+            ``Vary`` variants and each set of credentials apart.
         max_bytes: Total body bytes kept; the least recently stored go first.
         max_entry_bytes: Larger bodies are not kept.
         max_age: Seconds after which a stored response is no longer served.
         otherwise: What to answer when nothing fits: ``None`` (raise the
             ``CircuitOpenError``), a ``FallbackResponse``, or a fallback callable.
+        honor_no_store: Whether ``Cache-Control: no-store`` keeps a response
+            from being stored (default ``True``). An upstream that marks every
+            answer ``no-store`` (Spring Security's default) leaves nothing to
+            serve while it is down; ``False`` keeps such responses, in memory
+            only, under the rules above.
         clock: The clock ages are read from (``time.monotonic`` by default).
+
+    Raises:
+        ValueError: a size or ``max_age`` that is not a positive number, an
+            ``otherwise`` that is not a fallback, or a ``honor_no_store`` that
+            is not a bool.
     """
 
     def __init__(
@@ -155,6 +195,7 @@ class LastKnownGood:
         max_entry_bytes: int = 1024 * 1024,
         max_age: float = 300.0,
         otherwise: FallbackResponse | Callable[..., Any] | None = None,
+        honor_no_store: bool = True,
         clock: Callable[[], float] = _clock.monotonic,
     ) -> None:
         for name, value in (
@@ -178,13 +219,20 @@ class LastKnownGood:
                 f"LastKnownGood.otherwise must be None, a FallbackResponse or a callable, "
                 f"got {otherwise!r}"
             )
+        if not isinstance(honor_no_store, bool):
+            raise ValueError(f"LastKnownGood.honor_no_store must be a bool, got {honor_no_store!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.max_age = float(max_age)
         self.otherwise = otherwise
+        self.honor_no_store = honor_no_store
         self._clock = clock
-        self._entries: OrderedDict[str, list[StoredResponse]] = OrderedDict()
+        # Keys the credential digests: what is kept in memory cannot be
+        # checked against guessed passwords offline, nor matched across processes.
+        self._secret = os.urandom(32)
+        # (url, credential digest) -> variants by Vary, oldest first; b"" is no credentials.
+        self._entries: OrderedDict[tuple[str, bytes], list[StoredResponse]] = OrderedDict()
         self._bytes = 0
         self._count = 0
         self._lock = threading.Lock()
@@ -205,23 +253,80 @@ class LastKnownGood:
             self._count = 0
 
     @staticmethod
-    def request_eligible(method: str, get_header: Callable[[str], str | None]) -> bool:
-        """Whether a request may be stored or answered: GET/HEAD with no credentials."""
-        if method not in ("GET", "HEAD"):
-            return False
-        return get_header("authorization") is None and get_header("cookie") is None
+    def request_eligible(
+        method: str, get_header: Callable[[str], str | None] | None = None
+    ) -> bool:
+        """Whether a request may be stored or answered at all: a GET or a HEAD.
 
-    def response_storable(self, status_code: int, get_header: Callable[[str], str | None]) -> bool:
-        """Whether a response may be kept (status, ``Cache-Control``, ``Set-Cookie``, ``Vary``)."""
+        A request with credentials is eligible too; it is kept apart under
+        their digest (:meth:`credentials`). ``get_header`` is not needed any
+        more and is accepted for the callers that still pass it.
+        """
+        return method in ("GET", "HEAD")
+
+    def credentials(self, request_header: Callable[[str], str | None]) -> bytes:
+        """The digest a request's credentials are stored and looked up under.
+
+        Args:
+            request_header: The request's case-insensitive ``headers.get``.
+
+        Returns:
+            ``b""`` for a request without ``Authorization``, ``Cookie`` and
+            ``Proxy-Authorization``; else a keyed digest of the names and values
+            of those it carries (present but empty counts as carried).
+        """
+        parts: list[str] = []
+        for name in _CREDENTIALS:
+            value = request_header(name)
+            if value is not None:
+                # Length-prefixed, so no two different sets of values can join alike.
+                parts.append(f"{name}:{len(value)}:{value}")
+        if not parts:
+            return b""
+        data = "\n".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(data, key=self._secret, digest_size=32).digest()
+
+    def refusal(
+        self, status_code: int, get_header: Callable[[str], str | None], credentialed: bool
+    ) -> str | None:
+        """Why a response to a GET may not be stored, or ``None`` when it may.
+
+        Args:
+            status_code: The response's status.
+            get_header: The response's case-insensitive ``headers.get``
+                (several field lines of one name joined with ``", "``).
+            credentialed: Whether the request carried credentials.
+
+        Returns:
+            The reason, as logged, or ``None``.
+        """
         if not 200 <= status_code < 300 or status_code == 206:
-            return False
-        if get_header("set-cookie") is not None:
-            return False
+            return f"status {status_code}"
         cache_control = get_header("cache-control")
-        if cache_control and _directives(cache_control) & set(_UNCACHEABLE):
-            return False
+        if cache_control:
+            directives = _directives(cache_control)
+            if "no-store" in directives and self.honor_no_store:
+                return "Cache-Control: no-store"
+            if "private" in directives and not credentialed:
+                return "Cache-Control: private on a request without credentials"
         vary = get_header("vary")
-        return not (vary and "*" in vary)
+        if vary and "*" in _members(vary):
+            return "Vary: *"
+        return None
+
+    def response_storable(
+        self,
+        status_code: int,
+        get_header: Callable[[str], str | None],
+        request_header: Callable[[str], str | None] | None = None,
+    ) -> bool:
+        """Whether a response may be kept (status, ``Cache-Control``, ``Vary``).
+
+        ``request_header`` is the request's ``headers.get``: a ``private``
+        response may be kept only for a request with credentials.
+        """
+        credentialed = request_header is not None and bool(self.credentials(request_header))
+        return self.refusal(status_code, get_header, credentialed) is None
 
     def store(
         self,
@@ -234,11 +339,16 @@ class LastKnownGood:
     ) -> None:
         """Keep a successful GET response (the integrations call this).
 
-        Its ``Age`` header is not kept among its headers but as
+        It is kept under the URL, the request's credentials
+        (:meth:`credentials`) and the request headers its ``Vary`` names.
+        ``Set-Cookie`` is left out, and so is ``Age``: that is kept as
         :attr:`StoredResponse.age`, which :meth:`age` adds to the time since.
         """
         if len(content) > self.max_entry_bytes or len(content) > self.max_bytes:
-            return  # a body that can never fit must not flush the others first
+            # A body that can never fit must not flush the others first.
+            limit = "max_entry_bytes" if len(content) > self.max_entry_bytes else "max_bytes"
+            not_stored(url, f"a body of {len(content)} bytes, over {limit}")
+            return
         stored_headers: list[tuple[str, str]] = []
         vary_names: list[str] = []
         own_age: int | None = None  # None: no Age field line seen yet
@@ -251,9 +361,15 @@ class LastKnownGood:
                 if own_age is None:
                     own_age = _parse_age(value) or 0
                 continue
+            if lower in _STRIPPED:
+                continue
             if lower == "vary":
-                vary_names.extend(v.strip().lower() for v in value.split(",") if v.strip())
+                vary_names.extend(v.lower() for v in _members(value) if v)
             stored_headers.append((name, value))
+        if "*" in vary_names:
+            # A second Vary field line a single-value lookup did not show.
+            not_stored(url, "Vary: *")
+            return
         vary = tuple((name, request_header(name)) for name in sorted(set(vary_names)))
         entry = StoredResponse(
             status_code,
@@ -264,8 +380,9 @@ class LastKnownGood:
             vary,
             own_age or 0,
         )
+        identity = (url, self.credentials(request_header))
         with self._lock:
-            variants = self._entries.pop(url, [])
+            variants = self._entries.pop(identity, [])
             kept = []
             for old in variants:
                 if old.vary == vary:
@@ -274,7 +391,7 @@ class LastKnownGood:
                 else:
                     kept.append(old)
             kept.append(entry)
-            self._entries[url] = kept
+            self._entries[identity] = kept
             self._bytes += len(entry.content)
             self._count += 1
             self._shrink()
@@ -282,10 +399,15 @@ class LastKnownGood:
     def lookup(
         self, url: str, request_header: Callable[[str], str | None]
     ) -> StoredResponse | None:
-        """Return the stored response for ``url`` that fits this request and is fresh enough."""
+        """Return the stored response for ``url`` that fits this request and is fresh enough.
+
+        It fits when it was stored for the same credentials (none, or the same
+        values) and the request headers its ``Vary`` names match.
+        """
+        identity = (url, self.credentials(request_header))
         now = self._clock()
         with self._lock:
-            variants = self._entries.get(url)
+            variants = self._entries.get(identity)
             if not variants:
                 return None
             for entry in reversed(variants):
@@ -310,6 +432,11 @@ class LastKnownGood:
             _, variants = entries.popitem(last=False)
             self._bytes -= sum(len(v.content) for v in variants)
             self._count -= len(variants)
+
+
+def not_stored(url: str, reason: str) -> None:
+    """Log, at DEBUG, why Last-Known-Good did not keep the response to ``url``."""
+    logger.debug("Last-Known-Good did not store the response to %s: %s", url, reason)
 
 
 def stale_headers(age: int) -> list[tuple[str, str]]:

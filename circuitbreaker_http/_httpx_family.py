@@ -253,11 +253,11 @@ class _HttpxGate(Gate):
             return response
         if self.lkg is not None:
             outcome.tee = self.tee_for(
+                breaker.name,
                 request.method,
                 str(request.url),
                 request.headers.get,
                 status,
-                headers.get,
                 response.reason_phrase,
                 headers.multi_items,
             )

@@ -27,8 +27,9 @@ is closed. The first of the settling inputs wins; the rest change nothing.
 
 The pieces every integration shares beside it live here too, once: how an
 error is classified (:class:`ErrorKinds`), the ``classify`` hook's verdict,
-the ``Retry-After`` reading, the fallback checks and the fallback decision
-(:meth:`Gate.fallback_for`), and the Last-Known-Good tee (:class:`Tee`).
+the ``Retry-After`` reading, the fallback checks (:func:`check_fallback`),
+each key's fallback of a mapping (:class:`FallbackMap`), the fallback
+decision (:meth:`Gate.fallback_for`), and the Last-Known-Good tee (:class:`Tee`).
 """
 
 from __future__ import annotations
@@ -38,18 +39,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._breaker import CircuitBreaker
-from ._core import CallInfo, CircuitState, Verdict
+from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
-from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, stale_headers
-from ._keys import HostKey
+from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
+from ._keys import HostKey, split_key
 from ._options import EXTENSION, RequestOptions, request_options
 from ._options import _current as _current_options
 from ._policy import parse_retry_after
-from ._registry import BreakerRegistry
+from ._registry import BreakerRegistry, compile_rules
 
 __all__ = [
     "EXTENSION",
     "ErrorKinds",
+    "FallbackMap",
     "FallbackPlan",
     "Gate",
     "HeaderGetter",
@@ -67,6 +69,9 @@ HeaderGetter = Callable[[str], "str | None"]
 _CLOSED = CircuitState.CLOSED
 _HALF_OPEN = CircuitState.HALF_OPEN
 _DISABLED = CircuitState.DISABLED
+# Keys whose fallback a FallbackMap remembers; past it, it starts over.
+_FALLBACK_CACHE_MAX = 4096
+_MISSING: Any = object()
 
 
 class ErrorKinds:
@@ -222,13 +227,18 @@ class Tee:
             return
         self.size += len(chunk)
         if self.size > self.lkg.max_entry_bytes:
-            self.chunks = None
+            self.drop("a body over max_entry_bytes")
         else:
             chunks.append(chunk)
 
-    def drop(self) -> None:
-        """Keep nothing: the body will not be complete or cannot be stored faithfully."""
-        self.chunks = None
+    def drop(self, reason: str = "a body that cannot be stored as it was sent") -> None:
+        """Keep nothing: the body will not be complete or cannot be stored faithfully.
+
+        ``reason`` is logged at DEBUG (once per response).
+        """
+        if self.chunks is not None:
+            self.chunks = None
+            not_stored(self.url, reason)
 
     def store(self, content: bytes | None = None, dropped: tuple[str, ...] = ()) -> None:
         """Store the response with the body collected (or ``content``).
@@ -388,7 +398,8 @@ class Outcome:
 
     def closed(self) -> None:
         """The response was closed (read or not): a success unless settled already."""
-        self.tee = None
+        if self.tee is not None:
+            self._untee("the response was closed before its body was read to the end")
         self._settle_with(False, None)
 
     def failed(self, error: BaseException, failure: bool | None) -> None:
@@ -403,7 +414,8 @@ class Outcome:
         if not live or not live[0]:
             live.clear()
             return
-        self.tee = None
+        if self.tee is not None:
+            self._untee(f"an error while its body was read ({type(error).__name__})")
         clock = self.clock
         if clock is not None and self.status is None:
             self.upstream = clock() - self.start
@@ -439,7 +451,8 @@ class Outcome:
         if not live or not live[0]:
             live.clear()
             return
-        self.tee = None
+        if self.tee is not None:
+            self._untee(f"an error while its body was read ({type(error).__name__})")
         clock = self.clock
         if clock is not None:
             self.upstream = clock() - self.start
@@ -450,7 +463,8 @@ class Outcome:
 
     def cancelled(self) -> None:
         """The caller cancelled the request: record nothing, give a trial slot back."""
-        self.tee = None
+        if self.tee is not None:
+            self._untee("the request was cancelled while its body was read")
         self._settle_with(None, None)
 
     def dropped(self) -> None:
@@ -461,6 +475,13 @@ class Outcome:
             return
         self.tee = None
         self.breaker.record_later(permit, self.upstream)
+
+    def _untee(self, reason: str) -> None:
+        """Give up on storing this response's body (the tee's ``reason`` is logged)."""
+        tee = self.tee
+        self.tee = None
+        if tee is not None:
+            tee.drop(reason)
 
     # -- settling --------------------------------------------------------------
 
@@ -504,6 +525,105 @@ class FallbackPlan:
         self.call = call
 
 
+class FallbackMap:
+    """A ``fallback`` mapping compiled: rule patterns to fallbacks, each key's found once.
+
+    The patterns and their specificity are those of ``rules``
+    (:func:`~circuitbreaker_http._registry.compile_rules`), matched against
+    the breaker key; a key no pattern matches gets ``None`` (raise).
+
+    Args:
+        mapping: Pattern -> fallback (each already checked).
+        client: The integration's name, for the message of a bad pattern.
+
+    Raises:
+        TypeError: a pattern that is not a ``str``.
+        ValueError: a pattern ``rules`` would refuse (an empty one, a bad port...).
+    """
+
+    __slots__ = ("_cache", "_rules", "_values", "lkgs")
+
+    def __init__(self, mapping: Mapping[str, Any], client: str) -> None:
+        for pattern in mapping:
+            if not isinstance(pattern, str):
+                raise TypeError(
+                    f"{client}: the patterns of a fallback mapping must be str, got {pattern!r}"
+                )
+        # Only the patterns matter here: any config will do as the rules' payload.
+        placeholder = BreakerConfig()
+        try:
+            self._rules = compile_rules(dict.fromkeys(mapping, placeholder))
+        except ValueError as exc:
+            message = str(exc).removeprefix("rules: ")
+            raise ValueError(f"{client}: fallback mapping: {message}") from None
+        # Rule.order is the pattern's place in the mapping.
+        self._values: tuple[Any, ...] = tuple(mapping.values())
+        self._cache: dict[str, Any] = {}
+        #: The LastKnownGood values, each once, in the mapping's order.
+        self.lkgs: tuple[LastKnownGood, ...] = tuple(
+            {id(v): v for v in self._values if isinstance(v, LastKnownGood)}.values()
+        )
+
+    def __repr__(self) -> str:
+        patterns = {rule.order: rule.pattern for rule in self._rules}
+        items = ", ".join(f"{patterns[i]!r}: {v!r}" for i, v in enumerate(self._values))
+        return f"FallbackMap({{{items}}})"
+
+    def get(self, key: str) -> Any:
+        """The fallback of ``key``: its most specific pattern's, or ``None`` when none matches."""
+        found = self._cache.get(key, _MISSING)
+        if found is not _MISSING:
+            return found
+        found = None
+        parts = split_key(key)
+        for rule in self._rules:  # most specific first
+            if rule.matches(key, parts):
+                found = self._values[rule.order]
+                break
+        cache = self._cache
+        if len(cache) >= _FALLBACK_CACHE_MAX:
+            cache.clear()  # many keys (routes, rotating hosts) must not grow memory
+        cache[key] = found
+        return found
+
+
+_KINDS = "None, a FallbackResponse, a LastKnownGood or a callable (request, error)"
+
+
+def _check_one(value: object, allow_async: bool, client: str, where: str) -> None:
+    """Check one fallback (not a mapping); ``where`` names it in the message."""
+    if isinstance(value, LastKnownGood):
+        # Its ``otherwise`` is called like any fallback: check it the same way.
+        _check_one(value.otherwise, allow_async, client, f"{where}.otherwise")
+        return
+    if value is None or isinstance(value, FallbackResponse):
+        return
+    if isinstance(value, Mapping):
+        raise TypeError(f"{client}: {where} must be {_KINDS}, not a mapping, got {value!r}")
+    if not callable(value):
+        kinds = _KINDS + (", or a mapping of rule patterns to those" if where == "fallback" else "")
+        raise TypeError(f"{client}: {where} must be {kinds}, got {value!r}")
+    if not allow_async and (
+        inspect.iscoroutinefunction(value)
+        or inspect.iscoroutinefunction(getattr(value, "__call__", None))  # noqa: B004
+    ):
+        raise TypeError(
+            f"{client} cannot await a coroutine-function fallback: {where} is {value!r}; "
+            "give a plain function"
+        )
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): trust it
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"{client}: {where} must be a fallback callable taking (request, error), "
+            f"got {value!r} with the signature {signature}"
+        ) from None
+
+
 def check_fallback(fallback: object, allow_async: bool, client: str) -> Any:
     """Check a ``fallback`` argument when an integration is built.
 
@@ -513,37 +633,22 @@ def check_fallback(fallback: object, allow_async: bool, client: str) -> Any:
         client: The integration's name, for the message.
 
     Returns:
-        ``fallback``, unchanged.
+        ``fallback`` as the :class:`Gate` takes it: unchanged, or a mapping
+        compiled to a :class:`FallbackMap`.
 
     Raises:
         TypeError: not ``None``, a :class:`FallbackResponse`, a
-            :class:`LastKnownGood` or a callable taking ``(request, error)``;
-            or a coroutine function where none can be awaited.
+            :class:`LastKnownGood`, a callable taking ``(request, error)`` or a
+            mapping of patterns to those; or a coroutine function where none
+            can be awaited (a value of a mapping and a Last-Known-Good's
+            ``otherwise`` are checked alike, and named in the message).
+        ValueError: a pattern of a mapping that ``rules`` would refuse.
     """
-    if isinstance(fallback, LastKnownGood):
-        # Its ``otherwise`` is called like any fallback: check it the same way.
-        check_fallback(fallback.otherwise, allow_async, client)
-        return fallback
-    if fallback is None or isinstance(fallback, FallbackResponse):
-        return fallback
-    if not callable(fallback):
-        raise TypeError(
-            "fallback must be None, a FallbackResponse, a LastKnownGood or a callable "
-            f"(request, error), got {fallback!r}"
-        )
-    if not allow_async and (
-        inspect.iscoroutinefunction(fallback)
-        or inspect.iscoroutinefunction(getattr(fallback, "__call__", None))  # noqa: B004
-    ):
-        raise TypeError(f"{client} cannot await a coroutine-function fallback")
-    try:
-        inspect.signature(fallback).bind(None, None)
-    except TypeError:
-        raise TypeError(
-            f"a fallback callable must take (request, error), got {fallback!r}"
-        ) from None
-    except ValueError:
-        pass  # no signature to read (some builtins): trust it
+    if isinstance(fallback, Mapping):
+        for pattern, value in fallback.items():
+            _check_one(value, allow_async, client, f"fallback[{pattern!r}]")
+        return FallbackMap(fallback, client)
+    _check_one(fallback, allow_async, client, "fallback")
     return fallback
 
 
@@ -552,16 +657,25 @@ class Gate:
 
     Args:
         registry: Where the breakers live.
-        fallback: What an open circuit answers (checked by :func:`check_fallback`).
+        fallback: What an open circuit answers, as :func:`check_fallback`
+            returns it (a mapping is a :class:`FallbackMap`).
         wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
             without a ``Date`` header.
         describe: ``describe(request) -> (method, url)`` for ``classify``.
+
+    Attributes:
+        fallback: That fallback; ``None`` when every short circuit raises.
+        lkg: ``None`` when no key's fallback is a :class:`LastKnownGood`, so
+            no response needs a :class:`Tee`; else the Last-Known-Good itself,
+            or for a mapping the first of its Last-Known-Goods (which one a
+            key stores into is :meth:`fallback_of` the key's).
     """
 
     __slots__ = (
         "by_host",
         "describe",
         "fallback",
+        "fallbacks",
         "from_parts",
         "key",
         "lkg",
@@ -578,7 +692,12 @@ class Gate:
     ) -> None:
         self.registry = registry
         self.fallback: Any = fallback
-        self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
+        self.fallbacks = fallback if isinstance(fallback, FallbackMap) else None
+        self.lkg: LastKnownGood | None
+        if self.fallbacks is not None:
+            self.lkg = self.fallbacks.lkgs[0] if self.fallbacks.lkgs else None
+        else:
+            self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
         self.wall_clock = wall_clock
         self.describe = describe
         self.key = registry.key
@@ -627,28 +746,59 @@ class Gate:
             return None
         return parse_retry_after(value, header("date"), self.wall_clock)
 
+    # -- fallbacks --------------------------------------------------------------
+
+    def fallback_of(self, key: str) -> Any:
+        """The fallback of breaker ``key``: a mapping's most specific pattern's, else the one."""
+        fallbacks = self.fallbacks
+        if fallbacks is None:
+            return self.fallback
+        return fallbacks.get(key)
+
+    @staticmethod
+    def header_getter(request: Any) -> HeaderGetter:
+        """The case-insensitive ``headers.get`` of a client's request (clients override it)."""
+        getter: HeaderGetter = request.headers.get
+        return getter
+
     # -- Last-Known-Good -------------------------------------------------------
 
     def tee_for(
         self,
+        key: str,
         method: str,
         url: str,
         request_header: HeaderGetter,
         status: int,
-        response_header: HeaderGetter,
         reason: str,
         headers: Callable[[], Iterable[tuple[str, str]]],
     ) -> Tee | None:
-        """A :class:`Tee` when Last-Known-Good may store this GET's response, else ``None``."""
+        """A :class:`Tee` when Last-Known-Good may store this GET's response, else ``None``.
+
+        Args:
+            key: The breaker key (which Last-Known-Good, for a mapping).
+            method: The request's method.
+            url: The request's URL.
+            request_header: The request's ``headers.get`` (credentials, ``Vary``).
+            status: The response's status.
+            reason: Its reason phrase.
+            headers: Gives its headers as ``(name, value)`` pairs in order.
+
+        Why a GET's response may not be stored is logged at DEBUG.
+        """
         lkg = self.lkg
-        if (
-            lkg is None
-            or method != "GET"
-            or not lkg.request_eligible(method, request_header)
-            or not lkg.response_storable(status, response_header)
-        ):
+        if lkg is None or method != "GET":
             return None
-        return Tee(lkg, url, status, reason, list(headers()), request_header)
+        if self.fallbacks is not None:
+            lkg = self.fallbacks.get(key)
+            if not isinstance(lkg, LastKnownGood):
+                return None
+        pairs = list(headers())
+        refusal = lkg.refusal(status, _joined(pairs), bool(lkg.credentials(request_header)))
+        if refusal is not None:
+            not_stored(url, refusal)
+            return None
+        return Tee(lkg, url, status, reason, pairs, request_header)
 
     # -- short circuits ----------------------------------------------------------
 
@@ -656,21 +806,22 @@ class Gate:
         """The fallback plan of a short-circuited request; raises ``error`` when there is none.
 
         ``request`` is the client's request: :attr:`describe` reads its method
-        and URL, and its ``headers.get`` its credentials and ``Vary`` headers.
+        and URL, and :meth:`header_getter` its credentials and ``Vary``
+        headers. The breaker key is ``error.name``.
         """
         method, url = self.describe(request)
-        plan = self.fallback_for(method, url, request.headers.get)
+        plan = self.fallback_for(method, url, self.header_getter(request), error.name)
         if plan is None:
             raise error
         return plan
 
     def fallback_for(
-        self, method: str, url: str, request_header: HeaderGetter
+        self, method: str, url: str, request_header: HeaderGetter, key: str
     ) -> FallbackPlan | None:
-        """What to answer a short-circuited request with, or ``None`` to raise."""
-        fallback = self.fallback
+        """What to answer a request short-circuited by breaker ``key``, or ``None`` to raise."""
+        fallback = self.fallback_of(key)
         if isinstance(fallback, LastKnownGood):
-            if fallback.request_eligible(method, request_header):
+            if fallback.request_eligible(method):
                 entry = fallback.lookup(url, request_header)
                 if entry is not None:
                     return FallbackPlan(
@@ -696,3 +847,17 @@ class Gate:
         if isinstance(marks, Mapping):
             extension.update(marks)
         return extension
+
+
+def _joined(pairs: list[tuple[str, str]]) -> HeaderGetter:
+    """A case-insensitive lookup over header pairs, several field lines joined with ``", "``.
+
+    So a second ``Cache-Control`` or ``Vary`` line counts even where the
+    client's own ``headers.get`` gives only the first (aiohttp).
+    """
+
+    def get(name: str) -> str | None:
+        values = [value for field, value in pairs if field.lower() == name]
+        return ", ".join(values) if values else None
+
+    return get

@@ -502,6 +502,21 @@ class _AiohttpGate(Gate):
 
     request_key = key_of  # what Gate.route_with asks, without a call more
 
+    @staticmethod
+    def header_getter(request: Any) -> Callable[[str], str | None]:
+        """``headers.get`` of ``request``, but every field line of a name, joined.
+
+        aiohttp's own ``get`` gives the first line only: two ``Cookie`` lines
+        must not pass for the first alone when Last-Known-Good digests them.
+        """
+        headers = request.headers
+
+        def get(name: str) -> str | None:
+            values = headers.getall(name, None)
+            return None if values is None else ", ".join(values)
+
+        return get
+
     def watch(
         self,
         breaker: CircuitBreaker,
@@ -528,11 +543,11 @@ class _AiohttpGate(Gate):
             encoding = headers.get("content-encoding", "identity").strip().lower()
             encoded = encoding != "identity"
             outcome.tee = self.tee_for(
+                breaker.name,
                 request.method,
                 str(request.url),
-                request.headers.get,
+                self.header_getter(request),
                 status,
-                headers.get,
                 response.reason or "",
                 headers.items,
             )

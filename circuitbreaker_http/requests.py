@@ -792,11 +792,11 @@ class _RequestsGate(Gate):
             return response
         if lkg is not None:
             outcome.tee = self.tee_for(
+                outcome.breaker.name,
                 request.method or "",
                 request.url or "",
                 request.headers.get,
                 status,
-                headers.get,
                 raw.reason or _reason(status),
                 raw.headers.items,
             )
@@ -1007,7 +1007,9 @@ class CircuitBreakerAdapter(HTTPAdapter):
         gate = self._gate
         plan = None
         if gate.fallback is not None:
-            plan = gate.fallback_for(request.method or "", request.url or "", request.headers.get)
+            plan = gate.fallback_for(
+                request.method or "", request.url or "", request.headers.get, key
+            )
         if plan is None:
             raise error from (stopped.last_error if stopped is not None else None)
         if plan.call is not None:

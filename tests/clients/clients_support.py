@@ -58,6 +58,7 @@ ASYNC_CLIENTS = (
 CLIENTS = SYNC_CLIENTS + ASYNC_CLIENTS
 
 Opts = Mapping[str, Any] | None
+Headers = Mapping[str, str] | None
 
 ClientFactory = Callable[..., "Driver"]
 """What the ``client`` fixture gives a row: ``client(registry, fallback=None) -> Driver``."""
@@ -149,8 +150,10 @@ class Driver:
         read: bool = True,
         timeout: float | None = None,
         opts: Opts = None,
+        headers: Headers = None,
     ) -> Result:
-        """``GET path``; with ``stream=True, read=False`` the body is left unread and open."""
+        """``GET path`` (with extra request ``headers``); ``stream=True, read=False`` leaves
+        the body unread and open."""
         raise NotImplementedError
 
     def get_raises(
@@ -217,10 +220,10 @@ class HttpxDriver(Driver):
         )
         self.client = hx.Client(transport=transport, follow_redirects=True)
 
-    def _request(self, path: str, timeout: float | None) -> Any:
+    def _request(self, path: str, timeout: float | None, headers: Headers = None) -> Any:
         if timeout is None:
-            return self.client.build_request("GET", self.url(path))
-        return self.client.build_request("GET", self.url(path), timeout=timeout)
+            return self.client.build_request("GET", self.url(path), headers=headers)
+        return self.client.build_request("GET", self.url(path), timeout=timeout, headers=headers)
 
     def get(
         self,
@@ -230,9 +233,10 @@ class HttpxDriver(Driver):
         read: bool = True,
         timeout: float | None = None,
         opts: Opts = None,
+        headers: Headers = None,
     ) -> Result:
         with _options(opts):
-            response = self.client.send(self._request(path, timeout), stream=stream)
+            response = self.client.send(self._request(path, timeout, headers), stream=stream)
             body: bytes | None = None
             if not stream:
                 body = response.content
@@ -288,9 +292,12 @@ class RequestsDriver(Driver):
         read: bool = True,
         timeout: float | None = None,
         opts: Opts = None,
+        headers: Headers = None,
     ) -> Result:
         with _options(opts):
-            response = self.session.get(self.url(path), stream=stream, timeout=timeout)
+            response = self.session.get(
+                self.url(path), stream=stream, timeout=timeout, headers=headers
+            )
             body: bytes | None = response.content if (not stream or read) else None
         return Result(
             status=response.status_code,
@@ -344,7 +351,13 @@ class AsyncDriver(Driver):
         raise NotImplementedError
 
     async def _get(
-        self, path: str, stream: bool, read: bool, timeout: float | None, opts: Opts
+        self,
+        path: str,
+        stream: bool,
+        read: bool,
+        timeout: float | None,
+        opts: Opts,
+        headers: Headers = None,
     ) -> Result:
         raise NotImplementedError
 
@@ -362,8 +375,9 @@ class AsyncDriver(Driver):
         read: bool = True,
         timeout: float | None = None,
         opts: Opts = None,
+        headers: Headers = None,
     ) -> Result:
-        return self.run(self._get, path, stream, read, timeout, opts)
+        return self.run(self._get, path, stream, read, timeout, opts, headers)
 
     def read(self, result: Result) -> bytes:
         body = self.run(self._read, result)
@@ -427,14 +441,22 @@ class AsyncHttpxDriver(AsyncDriver):
         await self.client.aclose()
 
     async def _get(
-        self, path: str, stream: bool, read: bool, timeout: float | None, opts: Opts
+        self,
+        path: str,
+        stream: bool,
+        read: bool,
+        timeout: float | None,
+        opts: Opts,
+        headers: Headers = None,
     ) -> Result:
         client = self.client
         with _options(opts):
             if timeout is None:
-                request = client.build_request("GET", self.url(path))
+                request = client.build_request("GET", self.url(path), headers=headers)
             else:
-                request = client.build_request("GET", self.url(path), timeout=timeout)
+                request = client.build_request(
+                    "GET", self.url(path), timeout=timeout, headers=headers
+                )
             response = await client.send(request, stream=stream)
             body: bytes | None = None
             if not stream:
@@ -484,11 +506,17 @@ class AiohttpDriver(AsyncDriver):
         await self.session.close()
 
     async def _get(
-        self, path: str, stream: bool, read: bool, timeout: float | None, opts: Opts
+        self,
+        path: str,
+        stream: bool,
+        read: bool,
+        timeout: float | None,
+        opts: Opts,
+        headers: Headers = None,
     ) -> Result:
         from circuitbreaker_http.aiohttp import breaker_info
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"headers": headers}
         if timeout is not None:
             # The socket read timeout: aiohttp's ServerTimeoutError, on the headers or the body.
             kwargs["timeout"] = self.aiohttp.ClientTimeout(total=30.0, sock_read=timeout)

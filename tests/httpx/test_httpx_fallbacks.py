@@ -247,12 +247,15 @@ def test_last_known_good_serves_the_last_good_get_while_open(flavour: Flavour) -
 @pytest.mark.parametrize(
     ("store_headers", "query", "ask_headers"),
     [
-        ({"Authorization": "Bearer a"}, "", {}),  # not stored
-        ({}, "", {"Authorization": "Bearer a"}),  # not answered
+        # Stored under the credentials' digest: never for a request without them.
+        ({"Authorization": "Bearer a"}, "", {}),
+        ({}, "", {"Authorization": "Bearer a"}),  # nor the other way round
         ({"Cookie": "s=1"}, "", {}),
         ({}, "", {"Cookie": "s=1"}),
         ({}, "header=Cache-Control:no-store", {}),
         ({}, "header=Cache-Control:private, max-age=60", {}),
+        # Stored without its Set-Cookie, but the client's cookie jar sends the
+        # cookie next time: a credentialed request, which that copy is not for.
         ({}, "header=Set-Cookie:s=1", {}),
         ({}, "header=Vary:*", {}),
         ({"Accept": "a/a"}, "header=Vary:Accept", {"Accept": "b/b"}),

@@ -142,7 +142,7 @@ def test_the_stored_headers_are_served_as_the_fallback_plan_gives_them(
         headers=[("ETag", "x1"), ("Age", "107"), ("Warning", '110 - "Response is Stale"')],
         content=b"body",
     )
-    monkeypatch.setattr(Gate, "fallback_for", lambda self, method, url, header: plan)
+    monkeypatch.setattr(Gate, "fallback_for", lambda self, method, url, header, key: plan)
     response = adapter.send(request)
     assert list(response.raw.headers.items()) == [
         ("ETag", "x1"),
