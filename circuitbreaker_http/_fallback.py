@@ -18,11 +18,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 from . import _clock
 
-__all__ = ["FallbackResponse", "LastKnownGood", "StoredResponse", "not_stored", "stale_headers"]
+__all__ = [
+    "FallbackFor",
+    "FallbackResponse",
+    "FallbackValue",
+    "LastKnownGood",
+    "StoredResponse",
+    "not_stored",
+    "stale_headers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,3 +450,27 @@ def not_stored(url: str, reason: str) -> None:
 def stale_headers(age: int) -> list[tuple[str, str]]:
     """The headers that mark a response served by :class:`LastKnownGood`."""
     return [("Age", str(age)), ("Warning", '110 - "Response is Stale"')]
+
+
+_Request = TypeVar("_Request")
+_Error = TypeVar("_Error")
+_Response = TypeVar("_Response")
+
+FallbackValue: TypeAlias = (
+    FallbackResponse | LastKnownGood | Callable[[_Request, _Error], _Response] | None
+)
+"""One fallback, generic in a client's request, short-circuit error and response types.
+
+``None`` (raise), a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a
+callable ``(request, error) -> response``.
+"""
+
+FallbackFor: TypeAlias = (
+    FallbackValue[_Request, _Error, _Response]
+    | Mapping[str, FallbackValue[_Request, _Error, _Response]]
+)
+"""What a ``fallback=`` argument may be: one fallback, or a mapping of rule patterns to them.
+
+Each client module names its own: ``circuitbreaker_http.httpx.Fallback`` is
+``FallbackFor[httpx.Request, CircuitOpenTransportError, httpx.Response]``.
+"""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from . import _clock
 from ._breaker import CircuitBreaker
@@ -37,6 +37,8 @@ from ._registry import BreakerRegistry, registry_from
 __all__ = ["AsyncTransport", "Flavour", "OpenTransportError", "SyncTransport", "build"]
 
 _KEY_CACHE_HOSTS = 4096
+# The fallback type a client module's transport takes (its ``Fallback`` alias).
+_F = TypeVar("_F")
 
 
 def _describe(request: Any) -> tuple[str, str]:
@@ -457,8 +459,8 @@ class OpenTransportError(CircuitOpenError):
             self.request = request
 
 
-class _TransportBase:
-    """Construction shared by the sync and async transports."""
+class _TransportBase(Generic[_F]):
+    """Construction shared by the sync and async transports (``_F``: the fallback type)."""
 
     flavour: ClassVar[Flavour]
     _inner_name: ClassVar[str]
@@ -471,7 +473,7 @@ class _TransportBase:
         rules: Mapping[str, BreakerConfig] | None = None,
         registry: BreakerRegistry | None = None,
         key: KeyFunc | None = None,
-        fallback: Any = None,
+        fallback: _F | None = None,
         wall_clock: Callable[[], float] = _clock.wall_clock,
         **kwargs: Any,
     ) -> None:
@@ -493,7 +495,7 @@ class _TransportBase:
         self.registry = self._gate.registry
 
 
-class SyncTransport(_TransportBase):
+class SyncTransport(_TransportBase[_F]):
     """An httpx transport that puts a circuit breaker in front of another one.
 
     Args:
@@ -506,7 +508,11 @@ class SyncTransport(_TransportBase):
             ``(method, url) -> str | None``.
         fallback: What an open circuit answers: ``None`` (raise the
             ``CircuitOpenTransportError``), a :class:`FallbackResponse`, a
-            :class:`LastKnownGood`, or ``(request, error) -> Response``.
+            :class:`LastKnownGood`, ``(request, error) -> Response``, or a
+            mapping of rule patterns (as in ``rules``, matched against the
+            breaker key) to those: each key gets its most specific pattern's,
+            and a key no pattern matches raises. Typed as the client module's
+            ``Fallback`` (``AsyncFallback`` for the async transport).
         wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
             without a ``Date`` header (default ``time.time``).
         **kwargs: Passed to ``HTTPTransport`` (``verify``, ``cert``,
@@ -573,7 +579,7 @@ class SyncTransport(_TransportBase):
         self.transport.close()
 
 
-class AsyncTransport(_TransportBase):
+class AsyncTransport(_TransportBase[_F]):
     """The same as the sync transport, for ``AsyncClient`` under asyncio or trio.
 
     The inner transport defaults to ``AsyncHTTPTransport(**kwargs)``, a

@@ -65,7 +65,7 @@ import http
 import inspect
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 try:
     import aiohttp
@@ -84,7 +84,7 @@ from . import _clock
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig
 from ._errors import CircuitOpenError
-from ._fallback import FallbackResponse
+from ._fallback import FallbackFor, FallbackResponse
 from ._info import BreakerInfo, read_info
 from ._keys import KeyFunc
 from ._options import _current as _current_options
@@ -100,10 +100,15 @@ __all__ = [
     "breaker_info",
 ]
 
-Fallback = Any
-"""``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a callable
-``(aiohttp.ClientRequest, CircuitOpenError) -> aiohttp.ClientResponse`` (or a
-:class:`FallbackResponse`), plain or a coroutine function."""
+Fallback: TypeAlias = FallbackFor[
+    ClientRequest,
+    "CircuitOpenClientError",
+    ClientResponse | FallbackResponse | Awaitable[ClientResponse | FallbackResponse],
+]
+"""The ``fallback`` of :class:`CircuitBreakerMiddleware`: ``None``, a :class:`FallbackResponse`,
+a :class:`LastKnownGood`, a callable ``(aiohttp.ClientRequest, CircuitOpenError)`` returning
+an ``aiohttp.ClientResponse`` or a :class:`FallbackResponse` (plain or a coroutine function),
+or a mapping of rule patterns to those."""
 
 Handler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 """What aiohttp passes a middleware: the rest of the chain (``aiohttp.ClientHandlerType``)."""
@@ -637,7 +642,10 @@ class CircuitBreakerMiddleware:
             :class:`CircuitOpenClientError`), a :class:`FallbackResponse`, a
             :class:`LastKnownGood`, or a callable ``(request, error)``, plain or
             a coroutine function, returning an ``aiohttp.ClientResponse`` or a
-            :class:`FallbackResponse`. A fallback's response is a complete
+            :class:`FallbackResponse`; or a mapping of rule patterns (as in
+            ``rules``, matched against the breaker key) to those, each key
+            getting its most specific pattern's and a key no pattern matches
+            raising (:data:`Fallback`). A fallback's response is a complete
             ``aiohttp.ClientResponse`` (``status``, ``headers``, ``read()``,
             ``text()``, ``json()``, ``content``) carrying
             ``X-Circuit-Breaker: open``.

@@ -26,7 +26,8 @@ works with httpx2 as well, since ``import httpx`` then gives httpx2.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeAlias
 
 try:
     import httpx
@@ -35,12 +36,14 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
         'circuitbreaker_http.httpx needs httpx: pip install "circuitbreaker-http[httpx]"'
     ) from exc
 
+from ._fallback import FallbackFor
 from ._httpx_family import AsyncTransport, OpenTransportError, SyncTransport, build
 from ._info import BreakerInfo, read_info
 from ._options import EXTENSION
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
+    "AsyncFallback",
     "BreakerInfo",
     "CircuitBreakerTransport",
     "CircuitOpenTransportError",
@@ -48,18 +51,26 @@ __all__ = [
     "breaker_info",
 ]
 
-Fallback = Any
-"""``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, a mapping of
-rule patterns to those, or a callable ``(httpx.Request, CircuitOpenError) ->
-httpx.Response`` (a coroutine function for the async transport)."""
+Fallback: TypeAlias = FallbackFor[httpx.Request, "CircuitOpenTransportError", httpx.Response]
+"""The ``fallback`` of :class:`CircuitBreakerTransport`: ``None``, a :class:`FallbackResponse`,
+a :class:`LastKnownGood`, a callable ``(httpx.Request, CircuitOpenError) ->
+httpx.Response``, or a mapping of rule patterns to those."""
+
+AsyncFallback: TypeAlias = FallbackFor[
+    httpx.Request,
+    "CircuitOpenTransportError",
+    httpx.Response | Awaitable[httpx.Response],
+]
+"""The ``fallback`` of :class:`AsyncCircuitBreakerTransport`: as :data:`Fallback`,
+and a callable may be a coroutine function."""
 
 if TYPE_CHECKING:
 
     class CircuitOpenTransportError(OpenTransportError, httpx.TransportError): ...
 
-    class CircuitBreakerTransport(SyncTransport, httpx.BaseTransport): ...
+    class CircuitBreakerTransport(SyncTransport[Fallback], httpx.BaseTransport): ...
 
-    class AsyncCircuitBreakerTransport(AsyncTransport, httpx.AsyncBaseTransport): ...
+    class AsyncCircuitBreakerTransport(AsyncTransport[AsyncFallback], httpx.AsyncBaseTransport): ...
 
 else:
     CircuitOpenTransportError, CircuitBreakerTransport, AsyncCircuitBreakerTransport = build(

@@ -16,7 +16,8 @@ requests and aiohttp clients at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeAlias
 
 try:
     import httpx2
@@ -25,25 +26,42 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
         'circuitbreaker_http.httpx2 needs httpx2: pip install "circuitbreaker-http[httpx2]"'
     ) from exc
 
+from ._fallback import FallbackFor
 from ._httpx_family import AsyncTransport, OpenTransportError, SyncTransport, build
 from ._info import BreakerInfo, read_info
 from ._options import EXTENSION
 
 __all__ = [
     "AsyncCircuitBreakerTransport",
+    "AsyncFallback",
     "BreakerInfo",
     "CircuitBreakerTransport",
     "CircuitOpenTransportError",
+    "Fallback",
     "breaker_info",
 ]
+
+Fallback: TypeAlias = FallbackFor[httpx2.Request, "CircuitOpenTransportError", httpx2.Response]
+"""The ``fallback`` of :class:`CircuitBreakerTransport`, as in :mod:`circuitbreaker_http.httpx`
+with httpx2's types."""
+
+AsyncFallback: TypeAlias = FallbackFor[
+    httpx2.Request,
+    "CircuitOpenTransportError",
+    httpx2.Response | Awaitable[httpx2.Response],
+]
+"""The ``fallback`` of :class:`AsyncCircuitBreakerTransport`: a callable may be a coroutine
+function."""
 
 if TYPE_CHECKING:
 
     class CircuitOpenTransportError(OpenTransportError, httpx2.TransportError): ...
 
-    class CircuitBreakerTransport(SyncTransport, httpx2.BaseTransport): ...
+    class CircuitBreakerTransport(SyncTransport[Fallback], httpx2.BaseTransport): ...
 
-    class AsyncCircuitBreakerTransport(AsyncTransport, httpx2.AsyncBaseTransport): ...
+    class AsyncCircuitBreakerTransport(
+        AsyncTransport[AsyncFallback], httpx2.AsyncBaseTransport
+    ): ...
 
 else:
     CircuitOpenTransportError, CircuitBreakerTransport, AsyncCircuitBreakerTransport = build(

@@ -99,7 +99,7 @@ import io
 import time
 from collections.abc import Callable, Generator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeAlias
 
 try:
     import requests
@@ -129,6 +129,7 @@ from . import _clock
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
+from ._fallback import FallbackFor
 from ._info import BreakerInfo, read_info
 from ._keys import KeyFunc, _encode_host
 from ._options import EXTENSION
@@ -145,9 +146,12 @@ __all__ = [
     "breaker_info",
 ]
 
-Fallback = Any
-"""``None``, a :class:`FallbackResponse`, a :class:`LastKnownGood`, or a callable
-``(requests.PreparedRequest, CircuitOpenError) -> requests.Response``."""
+Fallback: TypeAlias = FallbackFor[
+    requests.PreparedRequest, "CircuitOpenRequestsError", requests.Response
+]
+"""The ``fallback`` of :class:`CircuitBreakerAdapter`: ``None``, a :class:`FallbackResponse`,
+a :class:`LastKnownGood`, a callable ``(requests.PreparedRequest, CircuitOpenError) ->
+requests.Response``, or a mapping of rule patterns to those."""
 
 _HTTPResponse = urllib3.HTTPResponse
 _HALF_OPEN = CircuitState.HALF_OPEN
@@ -713,7 +717,7 @@ class _RequestsGate(Gate):
     __slots__ = ("_host_keys", "_parts")
 
     def __init__(
-        self, registry: BreakerRegistry, fallback: Fallback, wall_clock: Callable[[], float]
+        self, registry: BreakerRegistry, fallback: Any, wall_clock: Callable[[], float]
     ) -> None:
         super().__init__(registry, fallback, wall_clock, _describe)
         # "scheme://authority" -> key (by_host) or parsed parts (other keys).
@@ -844,7 +848,10 @@ class CircuitBreakerAdapter(HTTPAdapter):
             ``(method, url) -> str | None``.
         fallback: What an open circuit answers: ``None`` (raise
             :class:`CircuitOpenRequestsError`), a :class:`FallbackResponse`,
-            a :class:`LastKnownGood`, or ``(request, error) -> requests.Response``.
+            a :class:`LastKnownGood`, ``(request, error) -> requests.Response``,
+            or a mapping of rule patterns (as in ``rules``, matched against
+            the breaker key) to those: each key gets its most specific
+            pattern's, and a key no pattern matches raises (:data:`Fallback`).
         wall_clock: Seconds since the epoch, for an HTTP-date ``Retry-After``
             without a ``Date`` header (default ``time.time``).
         **kwargs: Passed to ``HTTPAdapter``: ``max_retries`` (an int or an
