@@ -92,6 +92,8 @@ from ._core import (
     BreakerCore,
     BreakerSnapshot,
     CallInfo,
+    CallRecorded,
+    CallRejected,
     CircuitState,
     CoreState,
     StateChange,
@@ -99,7 +101,15 @@ from ._core import (
 )
 from ._errors import CircuitOpenError
 
-__all__ = ["CircuitBreaker", "StateListener", "logger"]
+__all__ = [
+    "EVENT_TYPES",
+    "CircuitBreaker",
+    "Event",
+    "Listener",
+    "StateListener",
+    "Subscription",
+    "logger",
+]
 
 logger = logging.getLogger("circuitbreaker_http")
 # A library configures no output of its own; applications attach handlers.
@@ -113,6 +123,59 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 StateListener = Callable[[StateChange], object]
 """A callable that receives every :class:`StateChange` of a breaker."""
+
+Event = StateChange | CallRecorded | CallRejected
+"""What a breaker delivers to its subscribers."""
+
+Listener = Callable[[Any], object]
+"""A callable that receives events (see :meth:`CircuitBreaker.subscribe`)."""
+
+EVENT_TYPES: tuple[type[Any], ...] = (StateChange, CallRecorded, CallRejected)
+"""Every event type a breaker delivers."""
+
+_LISTENER_LOG_EVERY = 60.0
+"""Seconds between two log lines about the same listener raising."""
+_REJECTION_LOG_EVERY = 1.0
+"""Seconds between two DEBUG lines about one breaker's rejections."""
+
+
+class Subscription:
+    """A listener and the event types it receives; shared by every breaker it is attached to.
+
+    :meth:`CircuitBreaker.subscribe` makes one; a registry attaches one to each
+    of its breakers. ``listener`` is called with each event of ``types``.
+    """
+
+    __slots__ = ("_log_after", "listener", "types")
+
+    def __init__(self, listener: Listener, types: tuple[type[Any], ...]) -> None:
+        if not callable(listener):
+            raise TypeError(f"a listener must be callable, got {listener!r}")
+        for kind in types:
+            if kind not in EVENT_TYPES:
+                raise TypeError(
+                    f"cannot subscribe to {kind!r}: the event types are "
+                    "StateChange, CallRecorded and CallRejected"
+                )
+        self.listener = listener
+        self.types = tuple(dict.fromkeys(types or EVENT_TYPES))
+        self._log_after = _NINF
+
+    def __repr__(self) -> str:
+        names = ", ".join(kind.__name__ for kind in self.types)
+        return f"<Subscription {self.listener!r} to {names}>"
+
+    def raised(self, name: str, now: float) -> None:
+        """Log that the listener raised (call inside ``except``), once a minute at most."""
+        if now < self._log_after:
+            return
+        self._log_after = now + _LISTENER_LOG_EVERY
+        logger.exception(
+            "a listener of circuit breaker %r raised (logged once a minute at most): %r",
+            name,
+            self.listener,
+        )
+
 
 _OPEN = CircuitState.OPEN
 _CLOSED = CircuitState.CLOSED
@@ -193,6 +256,10 @@ class _Block:
         self.token: Token[object] | None = None
 
 
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
 def _finite(reading: object) -> bool:
     """Whether a clock reading is a finite number."""
     try:
@@ -230,18 +297,26 @@ class CircuitBreaker:
         "__weakref__",
         "_clock_warned",
         "_core",
+        "_debug_after",
         "_deferred",
         "_dispatching",
-        "_listener",
         "_local",
         "_lock",
+        "_on_change",
+        "_on_recorded",
+        "_on_rejected",
         "_queue",
+        "_rejected",
         "_running",
+        "_shadow_rejected",
         "_slow_after",
+        "_subscriptions",
+        "_timed",
         "classifier",
         "clock",
         "config",
         "deferred_dropped",
+        "enforce",
         "name",
         "timed",
     )
@@ -269,10 +344,24 @@ class CircuitBreaker:
         self.config = config
         #: The clock every duration of this breaker is read from (read-only).
         self.clock = clock
-        self._listener = on_state_change
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
-        self._queue: deque[StateChange] = deque()
+        # Events waiting to be delivered outside the lock, each with the
+        # arguments of its log line (or None).
+        self._queue: deque[tuple[Event, tuple[Any, ...] | None]] = deque()
+        # Subscribers by event type: a tuple each, empty when none, so that an
+        # event type nobody asked for costs one truth test where it happens.
+        self._subscriptions: list[Subscription] = []
+        self._on_change: tuple[Subscription, ...] = ()
+        self._on_recorded: tuple[Subscription, ...] = ()
+        self._on_rejected: tuple[Subscription, ...] = ()
+        #: Whether the breaker short-circuits; ``False`` is shadow mode (read-only).
+        self.enforce = config.enforce
+        # Short-circuited calls, counted without the lock (an int add under
+        # the GIL; read by snapshot()).
+        self._rejected = 0
+        self._shadow_rejected = 0
+        self._debug_after = _NINF
         # Outcomes settled where the lock must not be waited for (finalisers):
         # (permit, clock reading when settled or None, failed, slow).
         self._deferred: deque[tuple[int, float | None, bool, bool]] = deque()
@@ -292,9 +381,13 @@ class CircuitBreaker:
         #: The configured ``classify`` hook, or ``None`` (read-only).
         self.classifier = config.classify
         self._slow_after = config.slow_call_duration
-        #: Whether outcomes need a duration (a slow-call rule or ``classify``);
-        #: when ``False`` the integrations read no clock at all (read-only).
-        self.timed = self._slow_after is not None or self.classifier is not None
+        self._timed = self._slow_after is not None or self.classifier is not None
+        #: Whether outcomes need a duration (a slow-call rule, ``classify`` or a
+        #: ``CallRecorded`` subscriber); when ``False`` the integrations read no
+        #: clock at all (read-only).
+        self.timed = self._timed
+        if on_state_change is not None:
+            self.attach(Subscription(on_state_change, (StateChange,)))
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._core.state.value}>"
@@ -323,7 +416,7 @@ class CircuitBreaker:
             now = self._now()
             if self._deferred:
                 self._apply_deferred(now)
-            snap = core.snapshot(now)
+            snap = core.snapshot(now, self._rejected, self._shadow_rejected)
             drain = self._enqueue() if core.changes else False
         if drain:
             self._drain()
@@ -341,6 +434,84 @@ class CircuitBreaker:
         """The clock reading at which time alone would change the state, if any."""
         with self._lock:
             return self._core.next_transition_at()
+
+    # -- events --------------------------------------------------------------
+
+    def subscribe(self, listener: Listener, *event_types: type[Any]) -> Callable[[], None]:
+        """Deliver this breaker's events of ``event_types`` (all when none) to ``listener``.
+
+        The types are :class:`StateChange`, :class:`CallRecorded` and
+        :class:`CallRejected`. Listeners run outside every lock, one event at a
+        time and in order for this breaker; an exception from one is logged
+        (once a minute per listener at most) and never reaches a caller. An
+        event type nobody subscribed to is never built.
+
+        Returns:
+            A callable that unsubscribes (calling it again does nothing).
+
+        Raises:
+            TypeError: ``listener`` is not callable, or a type is not an event type.
+        """
+        subscription = Subscription(listener, event_types)
+        self.attach(subscription)
+        return functools.partial(self.detach, subscription)
+
+    def attach(self, subscription: Subscription) -> None:
+        """Start delivering events to ``subscription`` (see :meth:`subscribe`)."""
+        with self._lock:
+            if subscription not in self._subscriptions:
+                self._subscriptions.append(subscription)
+                self._resubscribe()
+
+    def detach(self, subscription: Subscription) -> None:
+        """Stop delivering events to ``subscription``; nothing happens if it is not attached."""
+        with self._lock:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+                self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        """Rebuild the per-type tuples. Call with the lock held."""
+        subs = self._subscriptions
+        self._on_change = tuple(sub for sub in subs if StateChange in sub.types)
+        self._on_recorded = tuple(sub for sub in subs if CallRecorded in sub.types)
+        self._on_rejected = tuple(sub for sub in subs if CallRejected in sub.types)
+        recorded = bool(self._on_recorded)
+        # Every outcome must reach the code that builds the event: the core's
+        # success fast path stays closed, and calls take the timed path.
+        core = self._core
+        core.hold_slow_path = recorded
+        core.close_fast_path()
+        self.timed = self._timed or recorded
+
+    def _rejection_seen(
+        self, state: CircuitState, retry_after: float | None, now: float | None, enforced: bool
+    ) -> None:
+        """The rare part of a rejection: its event and its rate-limited DEBUG line."""
+        if now is None:
+            try:
+                now = self.clock()
+            except Exception:
+                return
+            if not _finite(now):
+                return
+        if self._on_rejected:
+            event = CallRejected(self.name, state, retry_after, enforced, now)
+            with self._lock:
+                self._queue.append((event, None))
+                drain = self._claim_dispatch()
+            if drain:
+                self._drain()
+        if now >= self._debug_after:
+            self._debug_after = now + _REJECTION_LOG_EVERY
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "circuit breaker %r: %s call (%s; %d so far; at most one line a second)",
+                    self.name,
+                    "short-circuited a" if enforced else "shadow mode let through a",
+                    state.value,
+                    self._rejected if enforced else self._shadow_rejected,
+                )
 
     # -- manual control ------------------------------------------------------
 
@@ -399,6 +570,8 @@ class CircuitBreaker:
         failed: bool,
         duration: float | None = None,
         retry_after: float | None = None,
+        status: int | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """Settle ``permit`` with an outcome.
 
@@ -410,6 +583,9 @@ class CircuitBreaker:
             failed: Whether the call failed.
             duration: Seconds spent waiting on the upstream, to judge slowness.
             retry_after: For a failure, seconds the upstream asked to wait.
+            status: The HTTP status, if a response arrived (for
+                ``last_failure`` and :class:`CallRecorded`).
+            error: The exception, if the call raised (the same).
         """
         if not permit:
             return
@@ -419,7 +595,9 @@ class CircuitBreaker:
         if failed or slow:
             lock.acquire()
             try:
-                drain = self._record_locked(permit, failed, slow, retry_after)
+                drain = self._record_locked(
+                    permit, failed, slow, retry_after, None, status, error, duration
+                )
             finally:
                 lock.release()
         else:
@@ -439,7 +617,9 @@ class CircuitBreaker:
                     if now < core.success_fast_until and permit == core.cycle:
                         core.pending_successes += 1
                         return
-                    drain = self._record_locked(permit, False, False, retry_after, now)
+                    drain = self._record_locked(
+                        permit, False, False, retry_after, now, status, error, duration
+                    )
             finally:
                 lock.release()
         if drain is True:
@@ -454,6 +634,9 @@ class CircuitBreaker:
         slow: bool,
         retry_after: float | None,
         now: float | None = None,
+        status: int | None = None,
+        error: BaseException | None = None,
+        duration: float | None = None,
     ) -> bool | Exception:
         """Record with the lock held: whether to deliver events, or why the clock failed.
 
@@ -467,7 +650,13 @@ class CircuitBreaker:
                 self._apply_deferred(now)
             if failed or slow:
                 retry_at = None if retry_after is None else now + retry_after
-                core.record(permit, now, failed, slow, retry_at)
+                cause = None
+                if failed:
+                    if status is not None:
+                        cause = str(status)
+                    elif error is not None:
+                        cause = type(error).__name__
+                core.record(permit, now, failed, slow, retry_at, cause)
             else:
                 core.success(permit, now)
         except Exception as exc:
@@ -475,9 +664,19 @@ class CircuitBreaker:
             # changes nothing then): no outcome, but the permit is settled.
             core.release(permit)
             return exc
+        if self._on_recorded:
+            # Before the transitions it caused, so listeners see cause, then effect.
+            outcome = Verdict.FAILURE if failed else Verdict.SUCCESS
+            name = None if error is None else type(error).__name__
+            event = CallRecorded(self.name, outcome, slow, duration, status, name, now)
+            self._queue.append((event, None))
+            if not core.changes:
+                return self._claim_dispatch()
         return self._enqueue() if core.changes else False
 
-    def _record_soft(self, permit: int, failed: bool, duration: float | None) -> None:
+    def _record_soft(
+        self, permit: int, failed: bool, duration: float | None, error: BaseException | None = None
+    ) -> None:
         """:meth:`record`, but never waiting for the lock.
 
         For outcomes that may be settled by the garbage collector (a generator
@@ -494,7 +693,7 @@ class CircuitBreaker:
             self._defer(permit, failed, slow)
             return
         try:
-            drain = self._record_locked(permit, failed, slow, None)
+            drain = self._record_locked(permit, failed, slow, None, None, None, error, duration)
         finally:
             lock.release()
         if drain is True:
@@ -602,13 +801,31 @@ class CircuitBreaker:
             return True
         return state is _OPEN and now < core.open_until
 
-    def release(self, permit: int) -> None:
-        """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream)."""
+    def release(self, permit: int, ignored: bool = False) -> None:
+        """Settle ``permit`` with no outcome (cancelled, or nothing to say about the upstream).
+
+        ``ignored=True`` says the outcome was judged and ignored (a ``classify``
+        verdict of ``IGNORE``, an error that says nothing about the upstream):
+        it counts in ``total_ignored`` and makes a :class:`CallRecorded` with
+        outcome ``IGNORE``. A cancellation is not ignored: it counts nowhere.
+        """
         if not permit:
             return
         core = self._core
+        drain = False
         with self._lock:
-            core.release(permit)
+            core.release(permit, ignored)
+            if ignored and self._on_recorded:
+                try:
+                    now = self._now()
+                except Exception:
+                    pass
+                else:
+                    event = CallRecorded(self.name, Verdict.IGNORE, False, None, None, None, now)
+                    self._queue.append((event, None))
+                    drain = self._claim_dispatch()
+        if drain:
+            self._drain()
 
     def trial_slot_free(self, permit: int) -> None:
         """Give a half-open trial's slot back before its outcome settles.
@@ -669,10 +886,23 @@ class CircuitBreaker:
                 if state is _OPEN:
                     clock = self.clock  # ``self.clock()`` would cost a method lookup
                     now = clock()
-                    if now < core.open_until:
-                        raise CircuitOpenError(self.name, _OPEN, core.open_until - now)
-                elif state is _FORCED_OPEN:
-                    raise CircuitOpenError(self.name, _FORCED_OPEN, None)
+                    if now < core.open_until and self.enforce:
+                        self._rejected += 1
+                        if self._on_rejected or now >= self._debug_after:
+                            self._rejection_seen(_OPEN, core.open_until - now, now, True)
+                        raise CircuitOpenError(
+                            self.name,
+                            _OPEN,
+                            core.open_until - now,
+                            last_failure=core.last_failure,
+                        )
+                elif state is _FORCED_OPEN and self.enforce:
+                    self._rejected += 1
+                    if self._on_rejected or logger.isEnabledFor(logging.DEBUG):
+                        self._rejection_seen(_FORCED_OPEN, None, None, True)
+                    raise CircuitOpenError(
+                        self.name, _FORCED_OPEN, None, last_failure=core.last_failure
+                    )
             return self._call_other(permit, fn, args, kwargs)
         me = self._local.__dict__  # this thread's token
         if mark is None:
@@ -1156,10 +1386,11 @@ class CircuitBreaker:
         # An open breaker rejects without the lock: a stale read only ever
         # rejects a call that was rejectable an instant ago.
         state = core.state
-        if state is _OPEN and now < core.open_until:
-            raise error(self.name, _OPEN, core.open_until - now)
-        if state is _FORCED_OPEN:
-            raise error(self.name, _FORCED_OPEN, None)
+        if self.enforce:
+            if state is _OPEN and now < core.open_until:
+                return self._refuse(error, _OPEN, core.open_until - now, now)
+            if state is _FORCED_OPEN:
+                return self._refuse(error, _FORCED_OPEN, None, now)
         if not _finite(now):
             raise self._bad_reading(now)
         with self._lock:
@@ -1174,8 +1405,29 @@ class CircuitBreaker:
         if drain:
             self._drain()
         if permit is None:
-            raise error(self.name, state, retry_after)
+            return self._refuse(error, state, retry_after, now)
         return permit
+
+    def _refuse(
+        self,
+        error: type[CircuitOpenError],
+        state: CircuitState,
+        retry_after: float | None,
+        now: float,
+    ) -> int:
+        """Short-circuit a call (raise ``error``), or in shadow mode let it through unrecorded.
+
+        Returns the permit of a shadow rejection: ``0``, which records nothing.
+        """
+        if self.enforce:
+            self._rejected += 1
+            if self._on_rejected or now >= self._debug_after:
+                self._rejection_seen(state, retry_after, now, True)
+            raise error(self.name, state, retry_after, last_failure=self._core.last_failure)
+        self._shadow_rejected += 1
+        if self._on_rejected or now >= self._debug_after:
+            self._rejection_seen(state, retry_after, now, False)
+        return 0
 
     def _now(self) -> float:
         """A clock reading to decide with; one that is not finite raises ``ValueError``."""
@@ -1240,7 +1492,7 @@ class CircuitBreaker:
     ) -> None:
         """Settle a call that raised ``exc``: a failure, unless it says nothing of the upstream."""
         if not permit or isinstance(exc, CircuitOpenError):
-            self.release(permit)
+            self.release(permit, ignored=bool(permit))
             return
         if fn is not None and type(exc) is TypeError and not callable(fn):
             # ``fn`` could not even be called: a bug in the caller, not an outcome.
@@ -1251,13 +1503,13 @@ class CircuitBreaker:
             info = CallInfo(self.name, "", "", None, None, exc, duration or 0.0)
             verdict = self.classify(info)
             if verdict is Verdict.IGNORE:
-                self.release(permit)
+                self.release(permit, ignored=True)
                 return
             failed = verdict is not Verdict.SUCCESS
         if soft:
-            self._record_soft(permit, failed, duration)
+            self._record_soft(permit, failed, duration, exc)
         else:
-            self.record(permit, failed, duration)
+            self.record(permit, failed, duration, None, None, exc)
 
     def _succeeded(self, permit: int, duration: float | None) -> None:
         self._settle_success(permit, duration, soft=False)
@@ -1270,7 +1522,7 @@ class CircuitBreaker:
             info = CallInfo(self.name, "", "", None, None, None, duration or 0.0)
             verdict = self.classify(info)
             if verdict is Verdict.IGNORE:
-                self.release(permit)
+                self.release(permit, ignored=True)
                 return
             failed = verdict is Verdict.FAILURE
         if soft:
@@ -1284,8 +1536,25 @@ class CircuitBreaker:
         Returns whether the caller must deliver them (no one else is delivering).
         """
         core = self._core
-        self._queue.extend(core.changes)
+        queue = self._queue
+        for change in core.changes:
+            note = None
+            if change.new is _OPEN:
+                # The window as it tripped (a trip keeps it), for the WARNING.
+                snap = core.snapshot(change.at)
+                note = (
+                    snap.calls,
+                    _percent(snap.failure_rate),
+                    _percent(snap.slow_call_rate),
+                    core.last_failure or "none",
+                    core.open_until - change.at,
+                )
+            queue.append((change, note))
         core.changes.clear()
+        return self._claim_dispatch()
+
+    def _claim_dispatch(self) -> bool:
+        """Whether the caller must deliver the queue (no one else is). Call with the lock held."""
         if self._dispatching:
             return False
         self._dispatching = True
@@ -1299,28 +1568,41 @@ class CircuitBreaker:
                 if not queue:
                     self._dispatching = False
                     return
-                change = queue.popleft()
+                event, note = queue.popleft()
             try:
-                self._deliver(change)
+                self._deliver(event, note)
             except BaseException:
                 # A KeyboardInterrupt inside a listener must not wedge delivery.
                 with self._lock:
                     self._dispatching = False
                 raise
 
-    def _deliver(self, change: StateChange) -> None:
-        logger.log(
-            logging.WARNING if change.new is _OPEN else logging.INFO,
-            "circuit breaker %r: %s -> %s (%s)",
-            change.name,
-            change.old.value,
-            change.new.value,
-            change.reason,
-        )
-        listener = self._listener
-        if listener is None:
-            return
-        try:
-            listener(change)
-        except Exception:
-            logger.exception("on_state_change listener raised for breaker %r", change.name)
+    def _deliver(self, event: Event, note: tuple[Any, ...] | None) -> None:
+        if type(event) is StateChange:
+            subs = self._on_change
+            if note is not None:
+                logger.warning(
+                    "circuit breaker %r opened: %s -> open (%s); window: %d calls, "
+                    "%s failed, %s slow; last failure: %s; open for %.3gs",
+                    event.name,
+                    event.old.value,
+                    event.reason,
+                    *note,
+                )
+            else:
+                logger.info(
+                    "circuit breaker %r: %s -> %s (%s)",
+                    event.name,
+                    event.old.value,
+                    event.new.value,
+                    event.reason,
+                )
+        elif type(event) is CallRecorded:
+            subs = self._on_recorded
+        else:
+            subs = self._on_rejected
+        for sub in subs:
+            try:
+                sub.listener(event)
+            except Exception:
+                sub.raised(event.name, event.at)

@@ -37,12 +37,15 @@ class CircuitOpenError(Exception):
         state: The state that refused the call (``OPEN``, ``HALF_OPEN`` when all
             trial slots are taken, or ``FORCED_OPEN``).
         retry_after: Seconds until a trial may pass, or ``None`` when unknown.
+        last_failure: The breaker's latest recorded failure as a short string
+            (``"503"``, ``"ReadTimeout"``), or ``None``.
         args: A single message string, as for any exception.
     """
 
     name: str
     state: CircuitState
     retry_after: float | None
+    last_failure: str | None = None
     _message: str | None = None
 
     def __init__(
@@ -51,6 +54,8 @@ class CircuitOpenError(Exception):
         state: CircuitState,
         retry_after: float | None = None,
         message: str | None = None,
+        *,
+        last_failure: str | None = None,
     ) -> None:
         # Rejections are a hot path: the message is formatted only when read,
         # and no base __init__ runs (``args`` is a property). Subclasses that
@@ -58,6 +63,8 @@ class CircuitOpenError(Exception):
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        if last_failure is not None:
+            self.last_failure = last_failure
         if message is not None:
             self._message = message
 
@@ -85,7 +92,10 @@ class CircuitOpenError(Exception):
         return f"{type(self).__name__}({self.message!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.name, self.state, self.retry_after, self.message))
+        return (
+            _rebuild,
+            (type(self), self.name, self.state, self.retry_after, self.message, self.last_failure),
+        )
 
 
 def _rebuild(
@@ -94,5 +104,6 @@ def _rebuild(
     state: CircuitState,
     retry_after: float | None,
     message: str,
+    last_failure: str | None = None,
 ) -> CircuitOpenError:
-    return cls(name, state, retry_after, message)
+    return cls(name, state, retry_after, message, last_failure=last_failure)

@@ -449,10 +449,13 @@ class OpenTransportError(CircuitOpenError):
         message: str | None = None,
         *,
         request: Any = None,
+        last_failure: str | None = None,
     ) -> None:
         # Skips httpx's __init__, which would format the message on every
         # rejection; ``.request`` goes through httpx's public setter instead.
-        CircuitOpenError.__init__(self, name, state, retry_after, message)
+        CircuitOpenError.__init__(
+            self, name, state, retry_after, message, last_failure=last_failure
+        )
         # httpx's ``.request`` getter reads ``_request``; its type is the flavour's.
         self.__dict__["_request"] = None
         if request is not None:

@@ -179,11 +179,11 @@ def settle_complete(
             breaker, lambda: gate.describe(request), status, headers, None, duration, failed
         )
     if failed is None:
-        breaker.release(permit)
+        breaker.release(permit, True)
     elif failed:
-        breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get))
+        breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get), status)
     else:
-        breaker.record(permit, False, duration)
+        breaker.record(permit, False, duration, None, status)
     # The permit's sign is its admission state (CircuitBreaker.permit_state).
     return "closed" if permit > 0 else "half_open"
 
@@ -366,7 +366,7 @@ class Outcome:
             return True
         if complete:
             live.clear()
-            breaker.record(permit, False, self.upstream)
+            breaker.record(permit, False, self.upstream, None, status)
             return True
         if self.state is _HALF_OPEN:
             # A long body must not hold the breaker half-open.
@@ -432,7 +432,7 @@ class Outcome:
                 self.upstream,
                 failure,
             )
-        self._settle_with(failure, None)
+        self._settle_with(failure, None, error)
 
     def failed_with_response(
         self,
@@ -459,13 +459,14 @@ class Outcome:
         breaker = self.breaker
         failure = verdict(breaker, self._describe, status, headers, error, self.upstream, failure)
         get = header if header is not None else headers.get
-        self._settle_with(failure, self.gate.retry_after(breaker, get) if failure else None)
+        self.status = status
+        self._settle_with(failure, self.gate.retry_after(breaker, get) if failure else None, error)
 
     def cancelled(self) -> None:
         """The caller cancelled the request: record nothing, give a trial slot back."""
         if self.tee is not None:
             self._untee("the request was cancelled while its body was read")
-        self._settle_with(None, None)
+        self._settle_with(None, None, ignored=False)
 
     def dropped(self) -> None:
         """The response was garbage-collected unclosed: settle as a success, taking no lock."""
@@ -485,16 +486,26 @@ class Outcome:
 
     # -- settling --------------------------------------------------------------
 
-    def _settle_with(self, failed: bool | None, retry_after: float | None) -> bool:
-        """Settle once: ``True``/``False`` an outcome, ``None`` the permit given back."""
+    def _settle_with(
+        self,
+        failed: bool | None,
+        retry_after: float | None,
+        error: BaseException | None = None,
+        ignored: bool = True,
+    ) -> bool:
+        """Settle once: ``True``/``False`` an outcome, ``None`` the permit given back.
+
+        A permit given back counts as ignored unless ``ignored`` is ``False``
+        (a cancellation).
+        """
         try:
             permit = self._live.pop()
         except IndexError:
             return False
         if failed is None:
-            self.breaker.release(permit)
+            self.breaker.release(permit, ignored)
         else:
-            self.breaker.record(permit, failed, self.upstream, retry_after)
+            self.breaker.record(permit, failed, self.upstream, retry_after, self.status, error)
         return True
 
 

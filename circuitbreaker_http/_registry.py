@@ -27,7 +27,7 @@ from threading import Lock
 from typing import Any, TypeVar
 
 from . import _clock
-from ._breaker import CircuitBreaker, StateListener
+from ._breaker import CircuitBreaker, Listener, StateListener, Subscription
 from ._core import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
 from ._keys import KeyFunc, _encode_host, by_host, split_key
 
@@ -231,6 +231,8 @@ class BreakerRegistry:
         self._mark_every = 0.0  # how far apart marks start (set with the windows)
         self._min_window = _NEVER
         self._max_window = 0.0
+        # Attached to every breaker, present and future (see subscribe()).
+        self._subscriptions: list[Subscription] = []
 
     @classmethod
     def from_file(cls: type[_R], path: str | os.PathLike[str], **kwargs: Any) -> _R:
@@ -318,6 +320,38 @@ class BreakerRegistry:
         """Return a snapshot of every breaker held."""
         return [breaker.snapshot() for breaker in list(self._breakers.values())]
 
+    def subscribe(self, listener: Listener, *event_types: type[Any]) -> Callable[[], None]:
+        """Deliver the events of every breaker of the registry, present and future.
+
+        The same as :meth:`CircuitBreaker.subscribe` on each breaker:
+        ``event_types`` among :class:`StateChange`, :class:`CallRecorded` and
+        :class:`CallRejected` (all when none), listeners outside every lock,
+        an exception from one logged (once a minute at most) and never passed on.
+
+        Returns:
+            A callable that unsubscribes from every breaker.
+
+        Raises:
+            TypeError: ``listener`` is not callable, or a type is not an event type.
+        """
+        subscription = Subscription(listener, event_types)
+        with self._lock:
+            self._subscriptions.append(subscription)
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.attach(subscription)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscription not in self._subscriptions:
+                    return
+                self._subscriptions.remove(subscription)
+                held = list(self._breakers.values())
+            for breaker in held:
+                breaker.detach(subscription)
+
+        return unsubscribe
+
     def _create(self, key: str) -> CircuitBreaker:
         if not isinstance(key, str):
             raise TypeError(f"a breaker key must be a str, got {key!r}")
@@ -329,6 +363,8 @@ class BreakerRegistry:
             breaker = CircuitBreaker(
                 key, config, clock=self._clock, on_state_change=self._on_state_change
             )
+            for subscription in self._subscriptions:
+                breaker.attach(subscription)
             self._breakers[key] = breaker
             self._used[key] = next(self._ticks)
             self._active[key] = breaker

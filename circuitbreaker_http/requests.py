@@ -212,10 +212,13 @@ class CircuitOpenRequestsError(CircuitOpenError, requests.exceptions.ConnectionE
         message: str | None = None,
         *,
         request: requests.PreparedRequest | None = None,
+        last_failure: str | None = None,
     ) -> None:
         # Skips RequestException.__init__, which would format the message on
         # every rejection; it only sets these two.
-        CircuitOpenError.__init__(self, name, state, retry_after, message)
+        CircuitOpenError.__init__(
+            self, name, state, retry_after, message, last_failure=last_failure
+        )
         self.request = request
         self.response = None
 
@@ -1009,7 +1012,12 @@ class CircuitBreakerAdapter(HTTPAdapter):
         if stopped is not None:
             message = exc.message + "; the remaining retries of this request were stopped"
             error = CircuitOpenRequestsError(
-                exc.name, exc.state, exc.retry_after, message, request=request
+                exc.name,
+                exc.state,
+                exc.retry_after,
+                message,
+                request=request,
+                last_failure=exc.last_failure,
             )
         gate = self._gate
         plan = None

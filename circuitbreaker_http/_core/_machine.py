@@ -53,6 +53,14 @@ compare a NaN or an infinity raises :class:`ValueError` before it changes
 anything. (The success fast path compares only ``now < success_fast_until``,
 so it counts ``-inf`` like any reading from a clock that stepped back.)
 
+Counters. Beside the window the core keeps totals since it was created
+(outcomes, failures, slow and ignored calls, transitions, time spent open) and
+the latest failure's cause: integer adds on paths that already run, read by
+:meth:`snapshot`. The success fast path adds nothing: pending successes join
+``total_calls`` when they are folded. A shell with per-call listeners sets
+:attr:`hold_slow_path`, which keeps the fast path closed, so that every
+outcome reaches it.
+
 Transitions all go through :meth:`_transition`, which looks the move up in
 ``TRANSITIONS``; a move that is not in the table raises
 :class:`IllegalTransition` before anything changes. Each transition is appended
@@ -201,6 +209,8 @@ class BreakerCore:
         "_n_calls",
         "_n_failures",
         "_n_slow",
+        "_open_since",
+        "_open_total",
         "_random",
         "_scr",
         "_serial",
@@ -213,6 +223,8 @@ class BreakerCore:
         "cycle",
         "failures",
         "fast_permit",
+        "hold_slow_path",
+        "last_failure",
         "name",
         "not_before",
         "open_count",
@@ -222,6 +234,11 @@ class BreakerCore:
         "slow_calls",
         "state",
         "success_fast_until",
+        "total_calls",
+        "total_failures",
+        "total_ignored",
+        "total_slow",
+        "total_transitions",
         "trial_successes",
         "trials",
     )
@@ -268,6 +285,13 @@ class BreakerCore:
         self.trials: dict[int, list[float | bool]] = {}
         self.slots_used = 0
         self.trial_successes = 0
+        # counters since creation (see "Counters" above)
+        self.total_calls = self.total_failures = self.total_slow = 0
+        self.total_ignored = self.total_transitions = 0
+        self.last_failure: str | None = None
+        self._open_total = 0.0
+        self._open_since: float | None = None
+        self.hold_slow_path = False
 
     # -- admission -----------------------------------------------------------
 
@@ -342,6 +366,7 @@ class BreakerCore:
         if permit != self.cycle:
             self.record(permit, now, False)
             return
+        self.total_calls += 1
         # One float comparison on the hot path; a clock that stepped back
         # lands in the newest bucket, as in _slot_at. NaN and +inf fail it, and
         # _finite refuses them before anything is counted.
@@ -366,6 +391,7 @@ class BreakerCore:
         failed: bool,
         slow: bool = False,
         retry_at: float | None = None,
+        cause: str | None = None,
     ) -> None:
         """Settle ``permit`` with an outcome.
 
@@ -375,12 +401,20 @@ class BreakerCore:
             failed: Whether the call failed.
             slow: Whether it was slow (a slow failure is both).
             retry_at: For a failure, a not-before time taken from ``Retry-After``.
+            cause: For a failure, what it was (``"503"``, ``"ReadTimeout"``).
 
         Raises:
             ValueError: ``now`` is not finite (nothing is changed).
         """
         _finite(self.name, now)
         self._fold()
+        self.total_calls += 1
+        if slow:
+            self.total_slow += 1
+        if failed:
+            self.total_failures += 1
+            if cause is not None:
+                self.last_failure = cause
         if permit == self.cycle:
             slot = self._slot_at(now)
             self._b_calls[slot] += 1
@@ -459,6 +493,11 @@ class BreakerCore:
         if permit != self.cycle:
             self.record(permit, now, failed, slow)
             return True
+        self.total_calls += 1
+        if slow:
+            self.total_slow += 1
+        if failed:
+            self.total_failures += 1
         self._advance(bucket_of(now, self._width))
         index = bucket_of(at, self._width)
         head = self._head
@@ -514,8 +553,14 @@ class BreakerCore:
                 trial[1] = False
                 self.slots_used -= 1
 
-    def release(self, permit: int) -> None:
-        """Settle ``permit`` with no outcome (cancelled, ignored, not about the upstream)."""
+    def release(self, permit: int, ignored: bool = False) -> None:
+        """Settle ``permit`` with no outcome (cancelled, ignored, not about the upstream).
+
+        ``ignored`` counts it in ``total_ignored`` (a verdict of ignore, not a
+        cancellation).
+        """
+        if ignored:
+            self.total_ignored += 1
         if self.state is HALF_OPEN:
             trial = self.trials.pop(permit, None)
             if trial is not None and trial[1]:
@@ -547,8 +592,12 @@ class BreakerCore:
 
     # -- views ---------------------------------------------------------------
 
-    def snapshot(self, now: float) -> BreakerSnapshot:
-        """Return the breaker as it is at ``now`` (after any time-driven transition)."""
+    def snapshot(self, now: float, rejected: int = 0, shadow_rejected: int = 0) -> BreakerSnapshot:
+        """Return the breaker as it is at ``now`` (after any time-driven transition).
+
+        ``rejected`` and ``shadow_rejected`` are the shell's counts of
+        short-circuited calls, which it keeps without the lock.
+        """
         self.poll(now)  # which refuses a ``now`` that is not finite
         self._fold()
         self._advance(bucket_of(now, self._width))
@@ -570,7 +619,23 @@ class BreakerCore:
             open_count=self.open_count,
             trials_in_flight=self.slots_used,
             at=now,
+            last_failure=self.last_failure,
+            total_calls=self.total_calls,
+            total_failures=self.total_failures,
+            total_slow_calls=self.total_slow,
+            total_ignored=self.total_ignored,
+            total_rejected=rejected,
+            total_shadow_rejected=shadow_rejected,
+            total_transitions=self.total_transitions,
+            open_seconds=self.open_seconds(now),
         )
+
+    def open_seconds(self, now: float) -> float:
+        """Seconds spent open, half-open or forced open since creation, as of ``now``."""
+        since = self._open_since
+        if since is None:
+            return self._open_total
+        return self._open_total + max(0.0, now - since)
 
     def export(self, now: float) -> CoreState:
         """Return the state as a plain value (see :class:`CoreState`)."""
@@ -638,6 +703,7 @@ class BreakerCore:
             self.pending_successes = 0
             self._b_calls[self._slot] += pending
             self.calls += pending
+            self.total_calls += pending
             self.consecutive = 0
             if self._counted is not None:
                 self._count(0, 0, pending)
@@ -694,7 +760,7 @@ class BreakerCore:
         transitions wait in ``changes``: a shell delivers them after an outcome
         it records by the slow path.
         """
-        quiet = not (self.failures or self.slow_calls or self.changes)
+        quiet = not (self.failures or self.slow_calls or self.changes or self.hold_slow_path)
         self.success_fast_until = self._bucket_end if quiet else _NINF
 
     def _expire_trials(self, now: float) -> None:
@@ -761,4 +827,12 @@ class BreakerCore:
         else:
             self.fast_permit = None
         if new is not old:
+            self.total_transitions += 1
+            was_open = old is OPEN or old is HALF_OPEN or old is FORCED_OPEN
+            is_open = new is OPEN or new is HALF_OPEN or new is FORCED_OPEN
+            if is_open and not was_open:
+                self._open_since = now
+            elif was_open and not is_open and self._open_since is not None:
+                self._open_total += max(0.0, now - self._open_since)
+                self._open_since = None
             self.changes.append(StateChange(self.name, old, new, reason or trigger, now))

@@ -17,6 +17,8 @@ __all__ = [
     "BreakerConfig",
     "BreakerSnapshot",
     "CallInfo",
+    "CallRecorded",
+    "CallRejected",
     "CircuitState",
     "StateChange",
     "Verdict",
@@ -167,6 +169,9 @@ class BreakerConfig:
             stored as a frozenset.
         respect_retry_after: Let a failure's ``Retry-After`` lengthen the open period.
         classify: ``classify(CallInfo) -> Verdict | None`` to decide outcomes yourself.
+        enforce: ``False`` runs the breaker in shadow mode: states, events and
+            metrics as usual, but a call it would have short-circuited passes
+            (recording nothing) and is counted as a shadow rejection.
     """
 
     consecutive_failures: int | None = 5
@@ -188,6 +193,7 @@ class BreakerConfig:
         failure_statuses: frozenset[int] = field(default_factory=_default_failure_statuses)
     respect_retry_after: bool = True
     classify: Classifier | None = None
+    enforce: bool = True
 
     def __post_init__(self) -> None:
         cf = self.consecutive_failures
@@ -275,6 +281,7 @@ class BreakerConfig:
             "None or a callable",
             self.classify,
         )
+        _check(isinstance(self.enforce, bool), "enforce", "a bool", self.enforce)
 
     def replace(self, **changes: Any) -> BreakerConfig:
         """Return a validated copy with ``changes`` applied (fields by name).
@@ -325,6 +332,20 @@ class BreakerSnapshot:
         open_count: Which open period in a row this is (0 when not opened since it closed).
         trials_in_flight: Half-open trials holding a slot.
         at: The clock reading the snapshot was taken at.
+        last_failure: The latest recorded failure as a short string (the status,
+            such as ``"503"``, or the exception's type name, such as
+            ``"ReadTimeout"``), or ``None``.
+        total_calls: Outcomes recorded (successes and failures) since the
+            breaker was created; ``total_calls - total_failures`` succeeded.
+        total_failures: Failed outcomes since it was created.
+        total_slow_calls: Slow outcomes since it was created.
+        total_ignored: Calls let through whose outcome was ignored (``classify``
+            said ``IGNORE``, or an error that says nothing about the upstream).
+        total_rejected: Calls short-circuited.
+        total_shadow_rejected: Calls let through in shadow mode
+            (``enforce=False``) that an enforcing breaker would have short-circuited.
+        total_transitions: State changes.
+        open_seconds: Seconds spent open, half-open or forced open since it was created.
     """
 
     name: str
@@ -339,6 +360,15 @@ class BreakerSnapshot:
     open_count: int = 0
     trials_in_flight: int = 0
     at: float = 0.0
+    last_failure: str | None = None
+    total_calls: int = 0
+    total_failures: int = 0
+    total_slow_calls: int = 0
+    total_ignored: int = 0
+    total_rejected: int = 0
+    total_shadow_rejected: int = 0
+    total_transitions: int = 0
+    open_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot as a JSON-friendly dict (the state as its string value)."""
@@ -355,4 +385,59 @@ class BreakerSnapshot:
             "open_count": self.open_count,
             "trials_in_flight": self.trials_in_flight,
             "at": self.at,
+            "last_failure": self.last_failure,
+            "total_calls": self.total_calls,
+            "total_failures": self.total_failures,
+            "total_slow_calls": self.total_slow_calls,
+            "total_ignored": self.total_ignored,
+            "total_rejected": self.total_rejected,
+            "total_shadow_rejected": self.total_shadow_rejected,
+            "total_transitions": self.total_transitions,
+            "open_seconds": self.open_seconds,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecorded:
+    """One call's outcome, delivered to subscribers of this type.
+
+    Built only while someone subscribes to it, so it costs nothing otherwise.
+
+    Attributes:
+        name: The breaker's name (its key in a registry).
+        outcome: ``Verdict.SUCCESS``, ``FAILURE`` or ``IGNORE``.
+        slow: Whether the call was slow (a slow failure is both).
+        duration: Seconds spent waiting on the upstream, or ``None`` when unknown.
+        status: The HTTP status, or ``None`` (no response, or a plain call).
+        error: The exception's type name, or ``None``.
+        at: The clock reading when it was recorded.
+    """
+
+    name: str
+    outcome: Verdict
+    slow: bool
+    duration: float | None
+    status: int | None
+    error: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallRejected:
+    """A call the breaker short-circuited, or would have in shadow mode.
+
+    Attributes:
+        name: The breaker's name.
+        state: The state that refused it (``OPEN``, ``HALF_OPEN`` with every
+            trial slot taken, or ``FORCED_OPEN``).
+        retry_after: Seconds until a trial may pass, or ``None``.
+        enforced: ``False`` for a shadow rejection (``enforce=False``): the
+            call was let through.
+        at: The clock reading when it was refused.
+    """
+
+    name: str
+    state: CircuitState
+    retry_after: float | None
+    enforced: bool
+    at: float

@@ -562,14 +562,25 @@ def test_raising_listener_is_logged_and_never_reaches_the_caller(
 
     clock = ManualClock()
     b = breaker(clock, listener, consecutive_failures=1)
-    with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(Boom):
-        b.call(boom)  # the caller sees its own error, not the listener's
-    b.force_open()  # not propagated from a manual action either
-    b.reset()
-    assert [c.new for c in seen] == [OPEN, FORCED_OPEN, CLOSED]
-    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
-    assert len(errors) == 3
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        with pytest.raises(Boom):
+            b.call(boom)  # the caller sees its own error, not the listener's
+        b.force_open()  # not propagated from a manual action either
+        b.reset()
+        assert [c.new for c in seen] == [OPEN, FORCED_OPEN, CLOSED]
+        # Once a minute per listener at most: a listener that always raises
+        # cannot flood the log.
+        errors = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        clock.advance(59.0)
+        b.force_open()
+        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+        clock.advance(1.0)
+        b.reset()
+        errors = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
+    assert len(errors) == 2
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in errors)
+    assert "listener" in errors[0].getMessage()
     assert b.call(ok) == "ok"
 
 

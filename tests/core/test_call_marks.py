@@ -253,7 +253,8 @@ def test_an_inlined_rejection_is_the_errors_own(forced: bool) -> None:
     with pytest.raises(CircuitOpenError) as caught:
         b.call(ok)
     state, retry_after = (FORCED_OPEN, None) if forced else (OPEN, 6.0)
-    expected = CircuitOpenError("svc", state, retry_after)
+    last = None if forced else "Boom"
+    expected = CircuitOpenError("svc", state, retry_after, last_failure=last)
     assert type(caught.value) is CircuitOpenError
     assert vars(caught.value) == vars(expected)
     assert str(caught.value) == str(expected)

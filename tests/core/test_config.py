@@ -37,6 +37,7 @@ def test_defaults() -> None:
     assert config.failure_statuses == EXPECTED_DEFAULT_STATUSES
     assert config.respect_retry_after is True
     assert config.classify is None
+    assert config.enforce is True
 
 
 def test_every_field_has_a_default_checked_above() -> None:
@@ -59,6 +60,7 @@ def test_every_field_has_a_default_checked_above() -> None:
         "failure_statuses",
         "respect_retry_after",
         "classify",
+        "enforce",
     ]
 
 
@@ -108,6 +110,7 @@ VALID: list[tuple[str, Any]] = [
     ("success_threshold", 3),
     ("respect_retry_after", False),
     ("classify", lambda call: Verdict.IGNORE),
+    ("enforce", False),
 ]
 
 
@@ -232,6 +235,10 @@ BAD: list[tuple[str, Any]] = [
     ("failure_statuses", [99]),
     ("failure_statuses", [1000]),
     ("failure_statuses", ["5xx"]),
+    # enforce: a bool
+    ("enforce", 1),
+    ("enforce", None),
+    ("enforce", "no"),
     # respect_retry_after: a bool
     ("respect_retry_after", 1),
     ("respect_retry_after", 0),

@@ -1165,6 +1165,15 @@ def test_snapshot_fields() -> None:
         "open_count": 1,
         "trials_in_flight": 0,
         "at": 12.0,
+        "last_failure": None,
+        "total_calls": 4,
+        "total_failures": 3,
+        "total_slow_calls": 1,
+        "total_ignored": 0,
+        "total_rejected": 0,
+        "total_shadow_rejected": 0,
+        "total_transitions": 1,
+        "open_seconds": 10.0,
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.calls = 0  # type: ignore[misc]
