@@ -60,6 +60,7 @@ __all__ = [
     "check_fallback",
     "settle_complete",
     "started",
+    "unrecorded_state",
     "verdict",
 ]
 
@@ -135,6 +136,18 @@ def verdict(
     return answer is Verdict.FAILURE
 
 
+def unrecorded_state(breaker: CircuitBreaker) -> str:
+    """The reported state of a request let through with permit 0, which records nothing.
+
+    That is ``"disabled"``, or in shadow mode (``enforce=False``) the state
+    that would have refused it (``"open"``, ``"half_open"``, ``"forced_open"``):
+    the response came from the upstream all the same.
+    """
+    if breaker.enforce:
+        return "disabled"
+    return breaker.state.value
+
+
 def started(breaker: CircuitBreaker) -> float:
     """The clock reading a request's duration counts from (``0.0``: the breaker reads none)."""
     return breaker.clock() if breaker.timed else 0.0
@@ -170,7 +183,7 @@ def settle_complete(
     request was let through in, as the extension's string.
     """
     if not permit:
-        return "disabled"
+        return unrecorded_state(breaker)
     duration = breaker.clock() - start if breaker.timed else 0.0
     # _status_verdict(), inlined on this hottest of paths.
     failed: bool | None = status in breaker.config.failure_statuses
@@ -322,7 +335,12 @@ class Outcome:
         """The ``circuit_breaker`` mapping a response carries: its key and admission state."""
         state = self.state
         # Plain strings, by identity: hashing an enum member runs Python code.
-        name = "closed" if state is _CLOSED else "half_open" if state is _HALF_OPEN else "disabled"
+        if state is _CLOSED:
+            name = "closed"
+        elif state is _HALF_OPEN:
+            name = "half_open"
+        else:
+            name = unrecorded_state(self.breaker)
         return {"key": self.breaker.name, "state": name}
 
     def _describe(self) -> tuple[str, str]:

@@ -87,7 +87,10 @@ def test_shadow_mode_lets_every_request_reach_the_upstream(
     assert breaker.state is OPEN  # what an enforcing breaker would have done
     before = flaky_server.requests
     for _ in range(3):
-        assert driver.get("/status/200").status == 200
+        result = driver.get("/status/200")
+        assert result.status == 200
+        # The state that would have refused it, though the upstream answered.
+        assert result.info is not None and result.info["state"] == "open"
     assert flaky_server.requests == before + 3
     snap = breaker.snapshot()
     assert (snap.total_rejected, snap.total_shadow_rejected) == (0, 3)
