@@ -37,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    """Run the command line.
+
+    Args:
+        argv: The arguments after the command's name (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        The exit status: 0 ok, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not 2.0 <= args.duration <= 600.0:
@@ -50,4 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, 'the demo needs httpx: pip install "circuitbreaker-http[demo]"\n')
     from ._demo import run_demo
 
-    return run_demo(duration=args.duration, rate=args.rate)
+    try:
+        return run_demo(duration=args.duration, rate=args.rate)
+    except KeyboardInterrupt:
+        # Ctrl-C before the demo's own loop (which stops cleanly) or during its
+        # summary: exit as an interrupted command does, without a traceback.
+        return 130
