@@ -96,7 +96,9 @@ from ._core import (
     CallRejected,
     CircuitState,
     CoreState,
+    FleetState,
     StateChange,
+    SyncView,
     Verdict,
 )
 from ._errors import CircuitOpenError
@@ -317,6 +319,7 @@ class CircuitBreaker:
         "config",
         "deferred_dropped",
         "enforce",
+        "failure_statuses",
         "name",
         "timed",
     )
@@ -342,6 +345,9 @@ class CircuitBreaker:
             raise TypeError(f"on_state_change must be callable, got {on_state_change!r}")
         self.name = name
         self.config = config
+        #: ``config.failure_statuses``, one attribute away for the integrations'
+        #: hot paths (read-only).
+        self.failure_statuses = config.failure_statuses
         #: The clock every duration of this breaker is read from (read-only).
         self.clock = clock
         self._core = BreakerCore(name, config, random)
@@ -434,6 +440,60 @@ class CircuitBreaker:
         """The clock reading at which time alone would change the state, if any."""
         with self._lock:
             return self._core.next_transition_at()
+
+    # -- fleets: the seam a storage's syncer uses (off the request path) -------
+
+    def sync_view(self) -> SyncView:
+        """Return what a fleet syncer sends for this breaker (see :class:`SyncView`).
+
+        Hands over the trial leases given back since the last view: a syncer
+        that cannot send them keeps them itself.
+
+        Raises:
+            ValueError: the clock gave a reading that is not finite.
+        """
+        core = self._core
+        with self._lock:
+            now = self._now()
+            if self._deferred:
+                self._apply_deferred(now)
+            core.poll(now)
+            view = core.sync_view(now)
+            drain = self._enqueue() if core.changes else False
+        if drain:
+            self._drain()
+        return view
+
+    def adopt(self, fleet: FleetState) -> None:
+        """Move to the fleet's state, as read from a shared storage.
+
+        A change of state is delivered as a :class:`StateChange` whose reason
+        starts with ``"fleet:"``. An open fleet also sets when the open period
+        ends (``fleet.open_remaining`` from now) and the backoff count, and
+        makes half-open trials wait for leases the fleet grants.
+
+        Raises:
+            ValueError: the clock gave a reading that is not finite.
+        """
+        core = self._core
+        with self._lock:
+            now = self._now()
+            if self._deferred:
+                self._apply_deferred(now)
+            core.adopt(fleet, now)
+            drain = self._enqueue() if core.changes else False
+        if drain:
+            self._drain()
+
+    def grant_leases(self, leases: tuple[str, ...]) -> None:
+        """Add half-open trial leases granted by the fleet (ignored unless half-open under it)."""
+        with self._lock:
+            self._core.grant_leases(leases)
+
+    def leave_fleet(self) -> None:
+        """Let half-open trials follow local rules again (the fleet's storage is unreachable)."""
+        with self._lock:
+            self._core.leave_fleet()
 
     # -- events --------------------------------------------------------------
 
@@ -590,9 +650,10 @@ class CircuitBreaker:
         if not permit:
             return
         slow_after = self._slow_after
-        slow = slow_after is not None and duration is not None and duration > slow_after
         lock = self._lock
-        if failed or slow:
+        # Tested without naming ``slow``: the plain success goes on at once.
+        if failed or (slow_after is not None and duration is not None and duration > slow_after):
+            slow = slow_after is not None and duration is not None and duration > slow_after
             lock.acquire()
             try:
                 drain = self._record_locked(

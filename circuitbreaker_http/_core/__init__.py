@@ -22,7 +22,9 @@ from ._values import (
     CallRejected,
     CircuitState,
     Classifier,
+    FleetState,
     StateChange,
+    SyncView,
     Verdict,
 )
 
@@ -40,8 +42,10 @@ __all__ = [
     "CircuitState",
     "Classifier",
     "CoreState",
+    "FleetState",
     "IllegalTransition",
     "StateChange",
+    "SyncView",
     "Verdict",
     "bucket_of",
 ]

@@ -61,6 +61,19 @@ the latest failure's cause: integer adds on paths that already run, read by
 :attr:`hold_slow_path`, which keeps the fast path closed, so that every
 outcome reaches it.
 
+Fleets. With a shared storage a syncer off the request path reads each
+breaker through :meth:`sync_view` and moves it to the fleet's state through
+:meth:`adopt`. What it reads costs the hot path nothing: the window's
+additions since the closed period began are the window's totals plus what
+has aged out of it (``_aged``, added to where buckets are dropped, once per
+bucket), so no counter is bumped per call. The fleet's moves have triggers of
+their own (``fleet_open``, ``fleet_half_open``, ``fleet_close``) and reasons
+prefixed ``fleet:``, so a syncer never proposes them back. While the fleet
+governs an open period (:attr:`fleet_trials`), half-open admits a trial only
+while it holds a lease granted by the fleet; each trial hands its lease back
+with its verdict in :attr:`lease_returns`. Without a storage none of this
+runs and nothing changes.
+
 Transitions all go through :meth:`_transition`, which looks the move up in
 ``TRANSITIONS``; a move that is not in the table raises
 :class:`IllegalTransition` before anything changes. Each transition is appended
@@ -74,11 +87,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._values import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
+from ._values import (
+    BreakerConfig,
+    BreakerSnapshot,
+    CircuitState,
+    FleetState,
+    StateChange,
+    SyncView,
+)
 
 __all__ = [
     "BUCKETS",
     "DISABLED_PERMIT",
+    "FLEET_REASON_PREFIX",
     "TRANSITIONS",
     "BreakerCore",
     "CoreState",
@@ -111,7 +132,28 @@ for _state in CircuitState:
     TRANSITIONS[(_state, "force_open")] = FORCED_OPEN
     TRANSITIONS[(_state, "disable")] = DISABLED
     TRANSITIONS[(_state, "reset")] = CLOSED
+    # A fleet's transition, adopted from shared storage (BreakerCore.adopt):
+    # the fleet may have moved any number of times since this process looked.
+    if _state is not OPEN:
+        TRANSITIONS[(_state, "fleet_open")] = OPEN
+    if _state is not HALF_OPEN:
+        TRANSITIONS[(_state, "fleet_half_open")] = HALF_OPEN
+    if _state is not CLOSED:
+        TRANSITIONS[(_state, "fleet_close")] = CLOSED
 del _state
+
+FLEET_REASON_PREFIX = "fleet:"
+"""Reasons of transitions adopted from a fleet start with this."""
+
+_MANUAL_TRIGGERS = {
+    FORCED_OPEN: "force_open",
+    DISABLED: "disable",
+}
+_FLEET_TRIGGERS = {
+    OPEN: "fleet_open",
+    HALF_OPEN: "fleet_half_open",
+    CLOSED: "fleet_close",
+}
 
 
 class IllegalTransition(RuntimeError):
@@ -197,6 +239,7 @@ class BreakerCore:
     """
 
     __slots__ = (
+        "_aged",
         "_b_calls",
         "_b_failures",
         "_b_slow",
@@ -215,6 +258,7 @@ class BreakerCore:
         "_scr",
         "_serial",
         "_slot",
+        "_trial_leases",
         "_width",
         "calls",
         "changes",
@@ -223,8 +267,11 @@ class BreakerCore:
         "cycle",
         "failures",
         "fast_permit",
+        "fleet_trials",
         "hold_slow_path",
         "last_failure",
+        "lease_returns",
+        "leases",
         "name",
         "not_before",
         "open_count",
@@ -241,6 +288,7 @@ class BreakerCore:
         "total_transitions",
         "trial_successes",
         "trials",
+        "window_cycle",
     )
 
     def __init__(self, name: str, config: BreakerConfig, random: Callable[[], float]) -> None:
@@ -292,6 +340,14 @@ class BreakerCore:
         self._open_total = 0.0
         self._open_since: float | None = None
         self.hold_slow_path = False
+        # Fleets (see "Fleets" above): what has aged out of the window since
+        # the closed period ``window_cycle`` began, as [calls, failures, slow].
+        self.window_cycle = 1
+        self._aged = [0, 0, 0]
+        self.fleet_trials = False
+        self.leases: list[str] = []
+        self._trial_leases: dict[int, str] = {}
+        self.lease_returns: list[tuple[str, bool | None]] = []
 
     # -- admission -----------------------------------------------------------
 
@@ -319,12 +375,16 @@ class BreakerCore:
                 return None
         if self.slots_used >= self.config.half_open_max_calls:
             return None
+        if self.fleet_trials and not self.leases:
+            return None  # the fleet's trial budget is spent here
         self._serial += 1
         # Trials are negative, closed cycles positive: a permit says for good
         # which state it was let through in (see CircuitBreaker.permit_state).
         permit = -self._serial
         self.trials[permit] = [now, True]
         self.slots_used += 1
+        if self.fleet_trials:
+            self._trial_leases[permit] = self.leases.pop()
         return permit
 
     def poll(self, now: float) -> None:
@@ -447,6 +507,8 @@ class BreakerCore:
             return
         if trial[1]:
             self.slots_used -= 1
+        if self._trial_leases:
+            self._return_lease(permit, not (failed or slow))
         if failed or slow:
             if failed and retry_at is not None and self.config.respect_retry_after:
                 self.not_before = retry_at
@@ -565,6 +627,8 @@ class BreakerCore:
             trial = self.trials.pop(permit, None)
             if trial is not None and trial[1]:
                 self.slots_used -= 1
+            if self._trial_leases:
+                self._return_lease(permit, None)
 
     def close_fast_path(self) -> None:
         """Send the next success down the slow path of :meth:`success`.
@@ -589,6 +653,80 @@ class BreakerCore:
     def reset(self, now: float) -> None:
         """Back to closed with the window, backoff and Retry-After forgotten."""
         self._transition("reset", _finite(self.name, now))
+
+    # -- fleets (see "Fleets" above) ----------------------------------------
+
+    def sync_view(self, now: float) -> SyncView:
+        """Return what a fleet syncer sends for this breaker, and hand over the lease returns.
+
+        The window counts are monotonic within ``window_cycle``: the window's
+        totals plus what has aged out of it since that closed period began.
+        """
+        _finite(self.name, now)
+        self._fold()
+        aged = self._aged
+        returns = tuple(self.lease_returns)
+        self.lease_returns.clear()
+        not_before = self.not_before
+        wanted = 0
+        if self.state is HALF_OPEN and self.fleet_trials:
+            wanted = max(0, self.config.half_open_max_calls - self.slots_used - len(self.leases))
+        return SyncView(
+            state=self.state,
+            window_cycle=self.window_cycle,
+            calls=self.calls + aged[0],
+            failures=self.failures + aged[1],
+            slow_calls=self.slow_calls + aged[2],
+            not_before=None if not_before is None or not_before <= now else not_before - now,
+            lease_returns=returns,
+            leases_wanted=wanted,
+            fleet_trials=self.fleet_trials,
+        )
+
+    def adopt(self, fleet: FleetState, now: float) -> None:
+        """Move to the fleet's state (a transition whose reason starts with ``fleet:``).
+
+        An open fleet sets the open period's end from ``fleet.open_remaining``
+        (read on the storage's clock, so hosts' clocks need not agree) and the
+        backoff count from ``fleet.open_count``, whether or not the local state
+        changes; from then on half-open trials need leases (:meth:`grant_leases`).
+        ``fleet.leases`` are granted when the fleet is half-open.
+
+        Raises:
+            ValueError: ``now`` is not finite (nothing is changed).
+        """
+        _finite(self.name, now)
+        target = fleet.state
+        reason = FLEET_REASON_PREFIX + (fleet.reason or target.value)
+        if target is not self.state:
+            trigger = _MANUAL_TRIGGERS.get(target) or _FLEET_TRIGGERS[target]
+            self._transition(trigger, now, reason)
+        elif target is CLOSED and fleet.reason == "reset":
+            # A reset elsewhere forgets this window and backoff too.
+            self._transition("reset", now, reason)
+        if target is OPEN:
+            self.open_until = now + max(0.0, fleet.open_remaining)
+            self.open_count = max(1, fleet.open_count)
+            self.fleet_trials = True
+        elif target is HALF_OPEN:
+            self.open_count = max(1, fleet.open_count)
+            self.fleet_trials = True
+            self.grant_leases(fleet.leases)
+
+    def grant_leases(self, leases: tuple[str, ...] | list[str]) -> None:
+        """Add trial leases granted by the fleet (ignored unless half-open under it)."""
+        if self.state is HALF_OPEN and self.fleet_trials:
+            self.leases.extend(leases)
+
+    def leave_fleet(self) -> None:
+        """Stop needing leases (the storage is unreachable): trials follow local rules again."""
+        self.fleet_trials = False
+        self.leases.clear()
+
+    def _return_lease(self, permit: int, verdict: bool | None) -> None:
+        lease = self._trial_leases.pop(permit, None)
+        if lease is not None:
+            self.lease_returns.append((lease, verdict))
 
     # -- views ---------------------------------------------------------------
 
@@ -693,6 +831,10 @@ class BreakerCore:
                 self.calls -= b_calls[slot]
                 self.failures -= b_failures[slot]
                 self.slow_calls -= b_slow[slot]
+                aged = self._aged  # what a fleet syncer has to add back (see "Fleets")
+                aged[0] += b_calls[slot]
+                aged[1] += b_failures[slot]
+                aged[2] += b_slow[slot]
                 b_calls[slot] = b_failures[slot] = b_slow[slot] = 0
         self._rearm()
 
@@ -709,6 +851,10 @@ class BreakerCore:
                 self._count(0, 0, pending)
 
     def _clear_window(self) -> None:
+        aged = self._aged
+        aged[0] += self.calls + self.pending_successes
+        aged[1] += self.failures
+        aged[2] += self.slow_calls
         self._b_calls[:] = self._b_failures[:] = self._b_slow[:] = [0] * _SLOTS
         self.calls = self.failures = self.slow_calls = 0
         self.pending_successes = 0
@@ -769,6 +915,8 @@ class BreakerCore:
             if now - float(started) < limit:
                 continue
             del self.trials[permit]
+            if self._trial_leases:
+                self._return_lease(permit, not holding)
             if holding:
                 self.slots_used -= 1
                 self._transition("trial_timed_out", now)
@@ -817,10 +965,18 @@ class BreakerCore:
         self.trials.clear()
         self.slots_used = 0
         self.trial_successes = 0
+        # Unused leases die with the cycle they were granted in (the fleet's
+        # transition drops them too); verdicts already given stay to be sent.
+        self.leases.clear()
+        self._trial_leases.clear()
+        if new is not OPEN and new is not HALF_OPEN:
+            self.fleet_trials = False
         self._serial += 1
         self.cycle = self._serial
         self.state = new
         if new is CLOSED:
+            self.window_cycle = self.cycle
+            self._aged = [0, 0, 0]
             self.fast_permit = self.cycle
         elif new is DISABLED:
             self.fast_permit = DISABLED_PERMIT

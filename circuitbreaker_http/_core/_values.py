@@ -20,7 +20,9 @@ __all__ = [
     "CallRecorded",
     "CallRejected",
     "CircuitState",
+    "FleetState",
     "StateChange",
+    "SyncView",
     "Verdict",
 ]
 
@@ -441,3 +443,70 @@ class CallRejected:
     retry_after: float | None
     enforced: bool
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SyncView:
+    """What a fleet syncer reads of one breaker in a round (see ``storage``).
+
+    Attributes:
+        state: The local state.
+        window_cycle: The closed period the window counts below belong to.
+        calls: Outcomes filed in the window since ``window_cycle`` began
+            (a monotonic count: the syncer sends the difference from the
+            last count it flushed).
+        failures: Failed ones among them.
+        slow_calls: Slow ones among them.
+        not_before: Seconds until the latest Retry-After not-before time, or
+            ``None`` when there is none ahead.
+        lease_returns: Trial leases given back since the last view, each with
+            the trial's verdict (``True`` success, ``False`` failure, ``None``
+            no outcome).
+        leases_wanted: Trial leases the breaker would use now (half-open
+            under the fleet's trial budget, with free slots).
+        fleet_trials: Whether half-open trials need a lease from the fleet.
+    """
+
+    state: CircuitState
+    window_cycle: int
+    calls: int
+    failures: int
+    slow_calls: int
+    not_before: float | None
+    lease_returns: tuple[tuple[str, bool | None], ...]
+    leases_wanted: int
+    fleet_trials: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """One breaker's state as the fleet's storage holds it, read back in a round.
+
+    Attributes:
+        key: The breaker's key.
+        state: The fleet's state.
+        cycle: The fleet's cycle: a serial that changes with every fleet-wide
+            transition, compared (never ordered) to drop stale reports.
+        open_remaining: Seconds left of the open period on the storage's
+            clock (``0.0`` unless ``OPEN``).
+        open_count: Open periods in a row (the backoff exponent).
+        reason: Why the fleet last moved (``"failure_rate"``, ``"reset"``, ...).
+        leases: Trial leases granted to this process in this round.
+        calls: Calls in the fleet's window.
+        failures: Failures in the fleet's window.
+        slow_calls: Slow calls in the fleet's window.
+        fresh: Whether the storage had no state for the key before this round
+            (new, expired or wiped).
+    """
+
+    key: str
+    state: CircuitState
+    cycle: int
+    open_remaining: float = 0.0
+    open_count: int = 0
+    reason: str = ""
+    leases: tuple[str, ...] = ()
+    calls: int = 0
+    failures: int = 0
+    slow_calls: int = 0
+    fresh: bool = False

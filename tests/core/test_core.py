@@ -39,6 +39,9 @@ TRIGGERS = (
     "force_open",
     "disable",
     "reset",
+    "fleet_open",
+    "fleet_half_open",
+    "fleet_close",
 )
 
 
@@ -1200,6 +1203,13 @@ def test_transition_table_is_exactly_this() -> None:
         expected[(state, "force_open")] = FORCED_OPEN
         expected[(state, "disable")] = DISABLED
         expected[(state, "reset")] = CLOSED
+        # Adopted from a fleet's storage: from any other state.
+        if state is not OPEN:
+            expected[(state, "fleet_open")] = OPEN
+        if state is not HALF_OPEN:
+            expected[(state, "fleet_half_open")] = HALF_OPEN
+        if state is not CLOSED:
+            expected[(state, "fleet_close")] = CLOSED
     assert expected == TRANSITIONS
     assert {trigger for _, trigger in TRANSITIONS} == set(TRIGGERS)
 
@@ -1224,7 +1234,7 @@ LEGAL = list(pairs(True))
 
 
 def test_illegal_pairs_exist() -> None:
-    assert len(ILLEGAL) == len(CircuitState) * len(TRIGGERS) - len(TRANSITIONS) == 20
+    assert len(ILLEGAL) == len(CircuitState) * len(TRIGGERS) - len(TRANSITIONS) == 23
 
 
 @pytest.mark.parametrize(("state", "trigger"), ILLEGAL)
