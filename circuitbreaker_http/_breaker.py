@@ -97,6 +97,7 @@ from ._core import (
     CircuitState,
     CoreState,
     FleetState,
+    MetricsRow,
     StateChange,
     SyncView,
     Verdict,
@@ -427,6 +428,25 @@ class CircuitBreaker:
         if drain:
             self._drain()
         return snap
+
+    def metrics(self) -> MetricsRow:
+        """The numbers metrics read, as one plain tuple (for collectors scraping many breakers).
+
+        ``(state, total_calls, total_failures, total_ignored, total_slow_calls,
+        total_rejected, total_shadow_rejected, total_transitions, open_seconds,
+        calls, failures, slow_calls, retry_after)``: the fields of
+        :meth:`snapshot` of the same names, without building a snapshot.
+        """
+        core = self._core
+        with self._lock:
+            now = self._now()
+            if self._deferred:
+                self._apply_deferred(now)
+            row = core.metrics(now, self._rejected, self._shadow_rejected)
+            drain = self._enqueue() if core.changes else False
+        if drain:
+            self._drain()
+        return row
 
     def export_state(self) -> CoreState:
         """Return the breaker's state as a plain value (window buckets, state, open-until)."""

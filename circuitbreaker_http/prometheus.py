@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
     ) from exc
 
 from ._core import BreakerSnapshot, CircuitState
+from ._registry import BreakerRegistry
 
 __all__ = ["BreakerCollector", "SnapshotSource"]
 
@@ -92,11 +93,12 @@ _SINGLES = 9  # slow, rejected, shadow, transitions, open seconds, window, 2 rat
 class BreakerCollector:
     """A ``prometheus_client`` collector of a registry's breakers, read at scrape time.
 
-    Each :meth:`collect` takes ``registry.snapshot()`` once and turns it into
-    the metric families in the module's table. Nothing is recorded between
-    scrapes. A breaker whose numbers have not changed since the previous
-    scrape reuses that scrape's samples, so a scrape of mostly idle breakers
-    costs little more than the snapshots themselves.
+    Each :meth:`collect` reads every breaker's numbers once
+    (``CircuitBreaker.metrics()``, a plain tuple, far cheaper than a
+    snapshot) and turns them into the metric families in the module's table.
+    Nothing is recorded between scrapes. A breaker whose numbers have not
+    changed since the previous scrape reuses that scrape's samples, so a
+    scrape of mostly idle breakers costs little more than reading them.
 
     With a shared storage (a registry whose ``storage`` attribute is not
     ``None``) it also exports ``<namespace>_storage_up``,
@@ -173,31 +175,13 @@ class BreakerCollector:
         The samples' label dicts are shared between scrapes: read them, do
         not change them.
         """
-        snaps = self.registry.snapshot()
         old = self._cache
         new: dict[str, _Entry] = {}
         build = self._build
-        for snap in snaps:
-            state = snap.state
-            key = (
-                state,
-                snap.total_calls,
-                snap.total_failures,
-                snap.total_ignored,
-                snap.total_slow_calls,
-                snap.total_rejected,
-                snap.total_shadow_rejected,
-                snap.total_transitions,
-                snap.open_seconds,
-                snap.calls,
-                snap.failures,
-                snap.slow_calls,
-                snap.retry_after,
-            )
-            name = snap.name
+        for name, key in self._rows():
             entry = old.get(name)
             if entry is None or entry[0] != key:
-                entry = build(snap, key, entry)
+                entry = build(name, key, entry)
             new[name] = entry
         # Whole-dict replacement: a concurrent scrape sees one cache or the
         # other, and breakers no longer held drop out of it here.
@@ -214,31 +198,74 @@ class BreakerCollector:
         if storage is not None:
             yield from self.storage_families(storage)
 
-    def _build(self, snap: BreakerSnapshot, key: tuple[Any, ...], old: _Entry | None) -> _Entry:
+    def _rows(self) -> Iterable[tuple[str, tuple[Any, ...]]]:
+        """``(breaker key, its numbers)`` for every breaker, in ``_build``'s order.
+
+        A registry's breakers give them as a plain tuple each
+        (``CircuitBreaker.metrics()``), several times cheaper than a snapshot;
+        another source's snapshots are read field by field.
+        """
+        source: Any = self.registry
+        if isinstance(source, BreakerRegistry):
+            return [(breaker.name, breaker.metrics()) for breaker in source]
+        return [
+            (
+                snap.name,
+                (
+                    snap.state,
+                    snap.total_calls,
+                    snap.total_failures,
+                    snap.total_ignored,
+                    snap.total_slow_calls,
+                    snap.total_rejected,
+                    snap.total_shadow_rejected,
+                    snap.total_transitions,
+                    snap.open_seconds,
+                    snap.calls,
+                    snap.failures,
+                    snap.slow_calls,
+                    snap.retry_after,
+                ),
+            )
+            for snap in source.snapshot()
+        ]
+
+    def _build(self, name: str, key: tuple[Any, ...], old: _Entry | None) -> _Entry:
         """One breaker's samples, reusing from its previous entry whatever did not change.
 
         A busy breaker changes a few numbers between scrapes (its calls and
         window), not all seventeen, so only those samples are built again.
+        ``key`` is the breaker's numbers in the order of ``CircuitBreaker.metrics()``.
         """
         names = self._names
         pad = _PAD
-        state = snap.state
-        total, failed, ignored = snap.total_calls, snap.total_failures, snap.total_ignored
-        window = snap.calls
-        retry_after = snap.retry_after
+        (
+            state,
+            total,
+            failed,
+            ignored,
+            slow_total,
+            rejected,
+            shadow,
+            transitions,
+            open_seconds,
+            window,
+            window_failures,
+            window_slow,
+            retry_after,
+        ) = key
         values = (
-            float(snap.total_slow_calls),
-            float(snap.total_rejected),
-            float(snap.total_shadow_rejected),
-            float(snap.total_transitions),
-            float(snap.open_seconds),
+            float(slow_total),
+            float(rejected),
+            float(shadow),
+            float(transitions),
+            float(open_seconds),
             float(window),
-            snap.failures / window if window else _NAN,
-            snap.slow_calls / window if window else _NAN,
+            window_failures / window if window else _NAN,
+            window_slow / window if window else _NAN,
             float(retry_after) if retry_after is not None and state is _OPEN else 0.0,
         )
         if old is None:
-            name = snap.name
             labels = {"breaker": name}
             state_labels = tuple({"breaker": name, "state": s} for s in _STATES)
             outcome_labels = tuple({"breaker": name, "outcome": o} for o in _OUTCOMES)

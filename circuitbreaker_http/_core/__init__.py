@@ -11,6 +11,7 @@ from ._machine import (
     BreakerCore,
     CoreState,
     IllegalTransition,
+    MetricsRow,
     bucket_of,
 )
 from ._values import (
@@ -44,6 +45,7 @@ __all__ = [
     "CoreState",
     "FleetState",
     "IllegalTransition",
+    "MetricsRow",
     "StateChange",
     "SyncView",
     "Verdict",

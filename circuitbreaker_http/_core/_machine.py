@@ -104,6 +104,7 @@ __all__ = [
     "BreakerCore",
     "CoreState",
     "IllegalTransition",
+    "MetricsRow",
     "bucket_of",
 ]
 
@@ -154,6 +155,12 @@ _FLEET_TRIGGERS = {
     HALF_OPEN: "fleet_half_open",
     CLOSED: "fleet_close",
 }
+
+
+MetricsRow = tuple[
+    CircuitState, int, int, int, int, int, int, int, float, int, int, int, "float | None"
+]
+"""What :meth:`BreakerCore.metrics` returns (its docstring names the fields)."""
 
 
 class IllegalTransition(RuntimeError):
@@ -766,6 +773,40 @@ class BreakerCore:
             total_shadow_rejected=shadow_rejected,
             total_transitions=self.total_transitions,
             open_seconds=self.open_seconds(now),
+        )
+
+    def metrics(self, now: float, rejected: int = 0, shadow_rejected: int = 0) -> MetricsRow:
+        """What metrics read, as one plain tuple: far cheaper than :meth:`snapshot`.
+
+        ``(state, total_calls, total_failures, total_ignored, total_slow_calls,
+        rejected, shadow_rejected, total_transitions, open_seconds, calls,
+        failures, slow_calls, retry_after)``, as at ``now``; the window counts
+        are those the rules judge (see ``window_calls``), ``retry_after`` is
+        ``None`` unless open. Equal tuples mean nothing a metric shows has
+        changed.
+        """
+        self.poll(now)
+        self._fold()
+        self._advance(bucket_of(now, self._width))
+        if self._counted is None:
+            calls, failures, slow = self.calls, self.failures, self.slow_calls
+        else:
+            calls, failures, slow = self._n_calls, self._n_failures, self._n_slow
+        state = self.state
+        return (
+            state,
+            self.total_calls,
+            self.total_failures,
+            self.total_ignored,
+            self.total_slow,
+            rejected,
+            shadow_rejected,
+            self.total_transitions,
+            self.open_seconds(now),
+            calls,
+            failures,
+            slow,
+            max(0.0, self.open_until - now) if state is OPEN else None,
         )
 
     def open_seconds(self, now: float) -> float:

@@ -362,3 +362,32 @@ def test_shadow_mode_forced_open_passes_too() -> None:
     b.force_open()
     assert b.call(ok) == "ok"
     assert b.snapshot().total_shadow_rejected == 1
+
+
+def test_metrics_row_matches_the_snapshot() -> None:
+    clock = ManualClock()
+    b = make(clock, slow_call_duration=0.5)
+    b.call(ok)
+    fail(b)
+    fail(b)
+    with pytest.raises(CircuitOpenError):
+        b.call(ok)
+    clock.advance(3.0)
+    row = b.metrics()
+    s = b.snapshot()
+    assert row == (
+        s.state,
+        s.total_calls,
+        s.total_failures,
+        s.total_ignored,
+        s.total_slow_calls,
+        s.total_rejected,
+        s.total_shadow_rejected,
+        s.total_transitions,
+        s.open_seconds,
+        s.calls,
+        s.failures,
+        s.slow_calls,
+        s.retry_after,
+    )
+    assert row[0] is OPEN and row[12] == pytest.approx(7.0)
