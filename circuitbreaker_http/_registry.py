@@ -24,12 +24,15 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from threading import Lock
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _clock
 from ._breaker import CircuitBreaker, Listener, StateListener, Subscription
 from ._core import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
 from ._keys import KeyFunc, _encode_host, by_host, split_key
+
+if TYPE_CHECKING:
+    from .storage import Storage, SyncEngine
 
 __all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
@@ -169,6 +172,12 @@ class BreakerRegistry:
             breaker, and its failure count, however many others are protected.
         clock: The clock every breaker reads (``time.monotonic`` by default).
         on_state_change: Called with every breaker's :class:`StateChange`.
+        storage: Where a fleet shares breaker state, such as
+            ``circuitbreaker_http.redis.RedisStorage``; ``None`` (the default)
+            keeps every breaker's state in this process. With one, the registry
+            runs one syncer off the request path that sends its breakers' new
+            outcomes and reads back the fleet's state once per
+            ``storage.sync_interval``; close the storage to stop it.
 
     Raises:
         ValueError: a bad pattern, configuration or ``max_breakers``.
@@ -183,6 +192,7 @@ class BreakerRegistry:
         max_breakers: int = 10_000,
         clock: Callable[[], float] = _clock.monotonic,
         on_state_change: StateListener | None = None,
+        storage: Storage | None = None,
     ) -> None:
         if default is None:
             default = BreakerConfig()
@@ -233,6 +243,17 @@ class BreakerRegistry:
         self._max_window = 0.0
         # Attached to every breaker, present and future (see subscribe()).
         self._subscriptions: list[Subscription] = []
+        #: The fleet's storage, or ``None`` (read-only).
+        self.storage = storage
+        self._engine: SyncEngine | None = None
+        if storage is not None:
+            from .storage import Storage as _Storage
+            from .storage import SyncEngine as _SyncEngine
+
+            if not isinstance(storage, _Storage):
+                raise TypeError(f"storage must implement the storage protocol, got {storage!r}")
+            self._engine = _SyncEngine()
+            storage.start(self._engine)
 
     @classmethod
     def from_file(cls: type[_R], path: str | os.PathLike[str], **kwargs: Any) -> _R:
@@ -366,6 +387,8 @@ class BreakerRegistry:
             for subscription in self._subscriptions:
                 breaker.attach(subscription)
             self._breakers[key] = breaker
+            if self._engine is not None:
+                self._engine.track(breaker)
             self._used[key] = next(self._ticks)
             self._active[key] = breaker
             window = config.window
@@ -457,6 +480,8 @@ class BreakerRegistry:
             for _, key in rows[:drop]:
                 del breakers[key]
                 del active[key]
+                if self._engine is not None:
+                    self._engine.forget(key)
                 used.pop(key, None)
         held = len(breakers)
         # While over the bound, the next batch waits for ``batch`` more creations

@@ -485,7 +485,7 @@ class FleetState:
     Attributes:
         key: The breaker's key.
         state: The fleet's state.
-        cycle: The fleet's cycle: a serial that changes with every fleet-wide
+        fleet_cycle: The fleet's cycle: a serial that changes with every fleet-wide
             transition, compared (never ordered) to drop stale reports.
         open_remaining: Seconds left of the open period on the storage's
             clock (``0.0`` unless ``OPEN``).
@@ -501,7 +501,7 @@ class FleetState:
 
     key: str
     state: CircuitState
-    cycle: int
+    fleet_cycle: int
     open_remaining: float = 0.0
     open_count: int = 0
     reason: str = ""

@@ -1,0 +1,115 @@
+"""The thread that runs a registry's sync rounds against a synchronous storage.
+
+One per registry, never one per breaker. Every ``sync_interval`` it asks the
+engine for the round's reports; with none (idle) it sends nothing. Whatever
+the storage raises is caught here: breaking goes on locally, no error reaches
+a caller, one WARNING is logged per outage and one INFO on recovery, and
+rounds are retried after a jittered backoff from 0.1 s doubling to 5 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import threading
+from collections.abc import Callable, Sequence
+
+from .. import _clock
+from .._core import FleetState
+from ._engine import SyncEngine
+from ._protocol import BreakerReport
+
+__all__ = ["ThreadSyncer"]
+
+logger = logging.getLogger("circuitbreaker_http")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+
+class ThreadSyncer:
+    """Runs :class:`SyncEngine` rounds on a daemon thread.
+
+    Args:
+        engine: The registry's engine.
+        exchange: The storage's :meth:`~Storage.exchange`.
+        interval: Seconds between rounds.
+        name: For the thread's name and log lines.
+        clock: The clock the engine's refresh times are read on.
+    """
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        exchange: Callable[[Sequence[BreakerReport]], list[FleetState]],
+        interval: float,
+        name: str = "circuitbreaker_http-sync",
+        clock: Callable[[], float] = _clock.monotonic,
+    ) -> None:
+        self.engine = engine
+        self._exchange = exchange
+        self.interval = interval
+        self._clock = clock
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._down = False
+        self._backoff = 0.0
+        #: Rounds that sent something, and rounds the storage failed (read-only).
+        self.rounds = 0
+        self.failures = 0
+        engine.wake = self._wake.set
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread after its current round (waits up to ``timeout`` seconds)."""
+        self._stop.set()
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            delay = self._backoff if self._down else self.interval
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.run_round()
+
+    def run_round(self) -> bool:
+        """Run one round now; whether the storage answered (or there was nothing to send)."""
+        engine = self.engine
+        try:
+            reports = engine.collect(self._clock())
+        except Exception:  # a bug here must not kill the thread
+            logger.exception("circuit breaker fleet sync: collecting a round failed")
+            return False
+        if not reports:
+            return True
+        try:
+            replies = self._exchange(reports)
+        except Exception as exc:
+            engine.failed()
+            self.failures += 1
+            self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
+            self._backoff *= 0.5 + _random.random() / 2  # jitter: a fleet does not retry in step
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "circuit breaker fleet storage unreachable (%s: %s); breaking on local "
+                    "state and retrying with backoff (logged once per outage)",
+                    type(exc).__name__,
+                    exc,
+                )
+            return False
+        self.rounds += 1
+        if self._down:
+            self._down = False
+            self._backoff = 0.0
+            logger.info("circuit breaker fleet storage reachable again; state merged back")
+        try:
+            engine.apply(replies, self._clock())
+        except Exception:
+            logger.exception("circuit breaker fleet sync: applying a round failed")
+        return True
