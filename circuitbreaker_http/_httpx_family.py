@@ -159,7 +159,7 @@ class _DecoderWatch:
 class _HttpxGate(Gate):
     """A :class:`Gate` that keys httpx requests without reparsing their URLs."""
 
-    __slots__ = ("_key_cache", "flavour")
+    __slots__ = ("_fast", "_key_cache", "_routes", "flavour")
 
     def __init__(
         self,
@@ -172,23 +172,43 @@ class _HttpxGate(Gate):
         self.flavour = flavour
         # host -> [(scheme, port, key)]: found without building a tuple per request.
         self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
+        # host -> (scheme, port, breaker or None, registry epoch): the breaker
+        # of the host's latest origin, used again without registry.get() while
+        # the registry's epoch is the one read before that get().
+        self._routes: dict[str, tuple[str, int | None, CircuitBreaker | None, int]] = {}
+        self._fast = self.by_host and flavour.fast_url
 
     def route(self, request: Any) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         extension = request.extensions.get(EXTENSION)
         opts = _current_options.get() if extension is None else request_options(extension)
-        if opts is None and self.by_host and self.flavour.fast_url:
-            # The hot path, inlined: a cached origin found on the parsed URL.
+        if opts is None and self._fast:
+            # The hot path, inlined: the origin's breaker found on the parsed
+            # URL, without a key, a registry lookup or an LRU tick (see
+            # BreakerRegistry.epoch for why skipping the tick is sound).
             ref = request.url._uri_reference  # checked against the public API: Flavour.fast_url
-            entries = self._key_cache.get(ref.host)
-            if entries is not None:
-                scheme, port = ref.scheme, ref.port
-                for known_scheme, known_port, known_key in entries:
-                    if known_port == port and known_scheme == scheme:
-                        if known_key is None:
-                            return None
-                        return self.registry.get(known_key)
+            hit = self._routes.get(ref.host)
+            if (
+                hit is not None
+                and hit[3] == self.registry.epoch
+                and hit[1] == ref.port
+                and hit[0] == ref.scheme
+            ):
+                return hit[2]
+            return self._route_origin(request, ref)
         return self.route_with(opts, request)
+
+    def _route_origin(self, request: Any, ref: Any) -> CircuitBreaker | None:
+        """:meth:`route` for an origin not in its cache (or an epoch ago): look it up, keep it."""
+        registry = self.registry
+        epoch = registry.epoch  # before get(): a drop after it changes the epoch again
+        key = self.key_of(request)
+        breaker = None if key is None else registry.get(key)
+        routes = self._routes
+        if len(routes) >= _KEY_CACHE_HOSTS:
+            routes.clear()  # rotating hosts must not grow memory
+        routes[ref.host] = (ref.scheme, ref.port, breaker, epoch)
+        return breaker
 
     def key_of(self, request: Any) -> str | None:
         """The key of ``request`` from its parsed URL (origins are cached)."""
@@ -541,7 +561,8 @@ class SyncTransport(_TransportBase[_F]):
         if breaker is None:
             return self.transport.handle_request(request)
         try:
-            permit = breaker.acquire(self.flavour.open_error)
+            # gate.flavour: a class attribute read through the instance costs more.
+            permit = breaker.acquire(gate.flavour.open_error)
         except OpenTransportError as exc:
             exc.request = request
             if gate.fallback is None:
@@ -557,8 +578,9 @@ class SyncTransport(_TransportBase[_F]):
         except BaseException:
             Outcome(gate, breaker, permit, request, start).cancelled()
             raise
-        if gate.lkg is None and isinstance(response.stream, self.flavour.ByteStream):
-            # watch()'s first branch, inlined: a body already in memory settles now.
+        if type(response.stream) is gate.flavour.ByteStream and gate.lkg is None:
+            # watch()'s first branch, inlined: a body already in memory settles
+            # now (a subclass of ByteStream, a rarity, goes to watch()).
             response.extensions[EXTENSION] = {
                 "key": breaker.name,
                 "state": settle_complete(
@@ -599,7 +621,7 @@ class AsyncTransport(_TransportBase[_F]):
         if breaker is None:
             return await self.transport.handle_async_request(request)
         try:
-            permit = breaker.acquire(self.flavour.open_error)
+            permit = breaker.acquire(gate.flavour.open_error)
         except OpenTransportError as exc:
             exc.request = request
             if gate.fallback is None:

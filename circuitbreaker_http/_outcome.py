@@ -160,7 +160,7 @@ def _status_verdict(
     headers: Mapping[str, str],
     duration: float,
 ) -> bool | None:
-    failed = status in breaker.config.failure_statuses
+    failed = status in breaker.failure_statuses
     if breaker.classifier is None:
         return failed
     return verdict(breaker, describe, status, headers, None, duration, failed)
@@ -185,20 +185,34 @@ def settle_complete(
     if not permit:
         return unrecorded_state(breaker)
     duration = breaker.clock() - start if breaker.timed else 0.0
-    # _status_verdict(), inlined on this hottest of paths.
-    failed: bool | None = status in breaker.config.failure_statuses
-    if breaker.classifier is not None:
-        failed = verdict(
-            breaker, lambda: gate.describe(request), status, headers, None, duration, failed
-        )
-    if failed is None:
-        breaker.release(permit, True)
+    # _status_verdict(), inlined on this hottest of paths; ``classify`` is
+    # asked in a function of its own, as the lambda it needs would make
+    # ``gate`` and ``request`` cells here, built on every call.
+    if breaker.classifier is None:
+        failed: bool | None = status in breaker.failure_statuses
+    else:
+        failed = _classified(gate, breaker, request, status, headers, duration)
+    if failed is False:
+        breaker.record(permit, False, duration, None, status)
     elif failed:
         breaker.record(permit, True, duration, gate.retry_after(breaker, headers.get), status)
     else:
-        breaker.record(permit, False, duration, None, status)
+        breaker.release(permit, True)
     # The permit's sign is its admission state (CircuitBreaker.permit_state).
     return "closed" if permit > 0 else "half_open"
+
+
+def _classified(
+    gate: Gate,
+    breaker: CircuitBreaker,
+    request: Any,
+    status: int,
+    headers: Mapping[str, str],
+    duration: float,
+) -> bool | None:
+    """:func:`settle_complete`'s verdict when the breaker has a ``classify`` hook."""
+    failed = status in breaker.failure_statuses
+    return verdict(breaker, lambda: gate.describe(request), status, headers, None, duration, failed)
 
 
 class Tee:

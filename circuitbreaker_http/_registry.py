@@ -215,6 +215,15 @@ class BreakerRegistry:
         # write per request and no lock (``next`` on a C counter is atomic).
         self._used: dict[str, int] = {}
         self._ticks = itertools.count()
+        #: Changes whenever a breaker is created or dropped (read-only). An
+        #: integration may keep the breaker ``get()`` gave for a key, and the
+        #: epoch it read *before* that ``get()``, and use it again without
+        #: ``get()`` while the epoch is unchanged: the breaker is still the
+        #: key's, and since only a creation evicts, the LRU order is still
+        #: exact to one creation (a key's tick is that of its first use since
+        #: the last creation, not of its last use; the clock marks, taken at
+        #: creations, still bound when it was last used).
+        self.epoch = 0
         self._lock = Lock()
         # Everything below changes under the lock only, except ``_released``,
         # which breakers add to (``set.add`` is atomic) as they leave protection.
@@ -391,6 +400,7 @@ class BreakerRegistry:
                 self._engine.track(breaker)
             self._used[key] = next(self._ticks)
             self._active[key] = breaker
+            self.epoch += 1
             window = config.window
             if not self._min_window <= window <= self._max_window:
                 self._min_window = min(self._min_window, window)
@@ -483,6 +493,8 @@ class BreakerRegistry:
                 if self._engine is not None:
                     self._engine.forget(key)
                 used.pop(key, None)
+            # After the drops: a breaker kept under the new epoch is still held.
+            self.epoch += 1
         held = len(breakers)
         # While over the bound, the next batch waits for ``batch`` more creations
         # rather than scanning again at each one.
