@@ -32,7 +32,7 @@ from ._core import BreakerConfig, BreakerSnapshot, CircuitState, StateChange
 from ._keys import KeyFunc, _encode_host, by_host, split_key
 
 if TYPE_CHECKING:
-    from .storage import Storage, SyncEngine
+    from .storage import AsyncStorage, Storage, SyncEngine
 
 __all__ = ["BreakerRegistry", "Rule", "compile_rules", "registry_from"]
 
@@ -192,7 +192,7 @@ class BreakerRegistry:
         max_breakers: int = 10_000,
         clock: Callable[[], float] = _clock.monotonic,
         on_state_change: StateListener | None = None,
-        storage: Storage | None = None,
+        storage: Storage | AsyncStorage | None = None,
     ) -> None:
         if default is None:
             default = BreakerConfig()

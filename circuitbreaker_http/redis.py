@@ -15,10 +15,14 @@ Keys: ``{prefix}:{<32 hex digits of sha256(breaker key)>}:<part>``, parts
 breaker's keys in one Redis Cluster slot. ``{prefix}:index`` is a sorted set
 of digests by last write, so tools list the fleet without ``SCAN``. Every key
 has a TTL of about ``1.1 × window + max_open_duration + 60 s``.
+
+``AsyncRedisStorage(client, ...)`` is the same for ``redis.asyncio.Redis``:
+the same script and engine, its syncer a task on the running event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -30,6 +34,7 @@ from typing import Any
 
 try:
     import redis
+    import redis.asyncio
     from redis.exceptions import NoScriptError
 except ImportError as exc:  # pragma: no cover - exercised by the bare-import test
     raise ImportError(
@@ -39,9 +44,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
 from ._core import CircuitState, FleetState
 from .storage._engine import SyncEngine
 from .storage._protocol import BreakerReport, digest
-from .storage._syncer import ThreadSyncer
+from .storage._syncer import Rounds, ThreadSyncer
 
-__all__ = ["SCRIPT", "RedisStorage"]
+__all__ = ["SCRIPT", "AsyncRedisStorage", "RedisStorage"]
 
 logger = logging.getLogger("circuitbreaker_http")
 
@@ -221,26 +226,12 @@ def _number(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-class RedisStorage:
-    """Breaker state shared through Redis by every process using the same prefix.
-
-    Args:
-        client: A ready ``redis.Redis`` (or a client with its interface). Give
-            it a socket timeout (50–100 ms is recommended): a slow Redis then
-            counts as a down one, and breaking goes on locally meanwhile.
-        prefix: Start of every key and of the notification channel.
-        sync_interval: Seconds between two rounds of a registry's syncer (> 0).
-        min_reporters: Distinct processes with failures in the window that a
-            fleet-wide trip needs (``>= 1``); a process tripping alone below
-            it opens for itself only.
-
-    Raises:
-        ValueError: a bad ``prefix``, ``sync_interval`` or ``min_reporters``.
-    """
+class _RedisBase:
+    """What both Redis storages share: arguments, key names, the script's calls and replies."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         *,
         prefix: str = "cbh",
         sync_interval: float = 0.1,
@@ -266,52 +257,39 @@ class RedisStorage:
         self._index = f"{prefix}:index"
         self._sha: str | None = None
         self._names: dict[str, str] = {}  # digest -> key, for notifications
-        self._syncers: list[ThreadSyncer] = []
-        self._listeners: list[_Listener] = []
+
+    def _learn(self, key: str) -> None:
+        # A notification carries a digest: know it for every breaker tracked,
+        # so a process hears of a fleet trip before its breaker first reports.
+        self._names[digest(key)] = key
 
     def keys_of(self, key: str) -> tuple[str, str, str, str]:
         """The Redis keys of breaker ``key``: state, window, reporters, leases."""
         base = f"{self.prefix}:{{{digest(key)}}}:"
         return base + "s", base + "w", base + "r", base + "l"
 
-    # -- the protocol ------------------------------------------------------------
+    def _round(self, reports: Sequence[BreakerReport]) -> list[_Call]:
+        return [self._arguments(report) for report in reports]
 
-    def start(self, engine: SyncEngine) -> ThreadSyncer:
-        """Start a registry's syncer thread, and a listener for fleet notifications."""
-        syncer = ThreadSyncer(engine, self.exchange, self.sync_interval)
-        self._syncers.append(syncer)
-        self._listeners.append(_Listener(self, engine.notice))
-        return syncer
-
-    def exchange(self, reports: Sequence[BreakerReport]) -> list[FleetState]:
-        """Apply each report with the script, all in one pipelined round trip.
-
-        Raises:
-            redis.RedisError: Redis is unreachable, slow or refused the script.
-        """
-        if self._sha is None:
-            self._sha = _text(self.client.script_load(SCRIPT))
-        calls = [self._arguments(report) for report in reports]
+    def _queue(self, pipe: Any, reports: Sequence[BreakerReport], calls: Sequence[_Call]) -> None:
         # A plain pipeline of EVALSHA: redis-py's Script objects in a pipeline
         # send SCRIPT EXISTS on every execute, an extra round trip per round.
-        pipe = self.client.pipeline(transaction=False)
+        assert self._sha is not None
         for keys, args in calls:
             pipe.evalsha(self._sha, 4, *keys, *args)
         now_ms = int(time.time() * 1000)  # index order only: no decision reads it
         pipe.zadd(self._index, {digest(report.key): now_ms for report in reports})
         ttl = max(report.settings.ttl for report in reports)
         pipe.pexpire(self._index, int(ttl * 1000))
-        results = pipe.execute(raise_on_error=False)[: len(calls)]
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            # The script cache was flushed (a restart, SCRIPT FLUSH): load it once more.
-            self._sha = _text(self.client.script_load(SCRIPT))
-            pipe = self.client.pipeline(transaction=False)
-            for i in missing:
-                keys, args = calls[i]
-                pipe.evalsha(self._sha, 4, *keys, *args)
-            for i, result in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-                results[i] = result
+
+    @staticmethod
+    def _missing(results: Sequence[Any]) -> list[int]:
+        """Calls the server refused for want of the script (a restart, ``SCRIPT FLUSH``)."""
+        return [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+
+    def _replies(
+        self, reports: Sequence[BreakerReport], results: Sequence[Any]
+    ) -> list[FleetState]:
         replies = []
         for report, result in zip(reports, results, strict=True):
             if isinstance(result, Exception):
@@ -319,7 +297,7 @@ class RedisStorage:
             replies.append(self._reply(report.key, result))
         return replies
 
-    def _arguments(self, report: BreakerReport) -> tuple[tuple[str, ...], list[str | int | bytes]]:
+    def _arguments(self, report: BreakerReport) -> _Call:
         s = report.settings
         name = digest(report.key)
         self._names[name] = report.key
@@ -372,11 +350,94 @@ class RedisStorage:
             fresh=bool(int(fresh)),
         )
 
+    def _state_keys(self, names: Sequence[Any]) -> list[str]:
+        return [f"{self.prefix}:{{{_text(name)}}}:s" for name in names]
+
+    @staticmethod
+    def _found(names: Sequence[Any], found: Sequence[Any]) -> tuple[list[str], list[str]]:
+        """The breaker keys found, and the index entries whose state is gone."""
+        gone = [_text(name) for name, key in zip(names, found, strict=True) if key is None]
+        keys = [
+            key.decode("utf-8", "surrogatepass") if isinstance(key, bytes) else str(key)
+            for key in found
+            if key is not None
+        ]
+        return keys, gone
+
+
+_Call = tuple[tuple[str, ...], list[str | int | bytes]]
+
+
+class RedisStorage(_RedisBase):
+    """Breaker state shared through Redis by every process using the same prefix.
+
+    Args:
+        client: A ready ``redis.Redis`` (or a client with its interface). Give
+            it a socket timeout (50–100 ms is recommended): a slow Redis then
+            counts as a down one, and breaking goes on locally meanwhile.
+        prefix: Start of every key and of the notification channel.
+        sync_interval: Seconds between two rounds of a registry's syncer (> 0).
+        min_reporters: Distinct processes with failures in the window that a
+            fleet-wide trip needs (``>= 1``); a process tripping alone below
+            it opens for itself only.
+
+    Raises:
+        ValueError: a bad ``prefix``, ``sync_interval`` or ``min_reporters``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "cbh",
+        sync_interval: float = 0.1,
+        min_reporters: int = 1,
+    ) -> None:
+        super().__init__(
+            client, prefix=prefix, sync_interval=sync_interval, min_reporters=min_reporters
+        )
+        self._syncers: list[ThreadSyncer] = []
+        self._listeners: list[_Listener] = []
+
+    # -- the protocol ------------------------------------------------------------
+
+    def start(self, engine: SyncEngine) -> ThreadSyncer:
+        """Start a registry's syncer thread, and a listener for fleet notifications."""
+        syncer = ThreadSyncer(engine, self.exchange, self.sync_interval)
+        engine.tracked = self._learn
+        self._syncers.append(syncer)
+        self._listeners.append(_Listener(self, engine.notice))
+        return syncer
+
+    def exchange(self, reports: Sequence[BreakerReport]) -> list[FleetState]:
+        """Apply each report with the script, all in one pipelined round trip.
+
+        Raises:
+            redis.RedisError: Redis is unreachable, slow or refused the script.
+        """
+        if self._sha is None:
+            self._sha = _text(self.client.script_load(SCRIPT))
+        calls = self._round(reports)
+        pipe = self.client.pipeline(transaction=False)
+        self._queue(pipe, reports, calls)
+        results = pipe.execute(raise_on_error=False)[: len(calls)]
+        missing = self._missing(results)
+        if missing:
+            # The script cache was flushed (a restart, SCRIPT FLUSH): load it once more.
+            self._sha = _text(self.client.script_load(SCRIPT))
+            pipe = self.client.pipeline(transaction=False)
+            for i in missing:
+                keys, args = calls[i]
+                pipe.evalsha(self._sha, 4, *keys, *args)
+            for i, result in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return self._replies(reports, results)
+
     def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(key)`` (from a listener thread) after a fleet-wide transition.
 
-        Only keys this storage object has reported are known by name. Returns
-        a callable that stops the listener.
+        Only keys of breakers this storage's registries hold or reported are
+        known by name. Returns a callable that stops the listener.
         """
         listener = _Listener(self, callback)
         self._listeners.append(listener)
@@ -384,21 +445,16 @@ class RedisStorage:
 
     def breakers(self) -> list[str]:
         """The keys of the fleet's breakers that Redis still holds, from the index."""
-        names = [_text(n) for n in self.client.zrange(self._index, 0, -1)]
+        names = self.client.zrange(self._index, 0, -1)
         if not names:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(f"{self.prefix}:{{{name}}}:s", "key")
-        found = pipe.execute()
-        gone = [name for name, key in zip(names, found, strict=True) if key is None]
+        for state_key in self._state_keys(names):
+            pipe.hget(state_key, "key")
+        keys, gone = self._found(names, pipe.execute())
         if gone:
             self.client.zrem(self._index, *gone)
-        return [
-            key.decode("utf-8", "surrogatepass") if isinstance(key, bytes) else str(key)
-            for key in found
-            if key is not None
-        ]
+        return keys
 
     def close(self) -> None:
         """Stop the syncers and listeners started on this storage (the client stays open)."""
@@ -431,9 +487,7 @@ class _Listener:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._storage.client.pubsub(  # type: ignore[no-untyped-call]
-                    ignore_subscribe_messages=True
-                )
+                pubsub = self._storage.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self._storage.channel)
                 delay = 0.1
                 while not self._stop.is_set():
@@ -450,3 +504,303 @@ class _Listener:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class AsyncRedisStorage(_RedisBase):
+    """:class:`RedisStorage` for ``redis.asyncio.Redis``: the same script, awaited.
+
+    The same state, keys, script and rules as :class:`RedisStorage`; only the
+    I/O loop differs. Each registry's syncer is one task on the running event
+    loop (never one per breaker), and one pub/sub task per storage carries
+    notifications. The tasks start by themselves: at once when a registry is
+    built inside a running loop, otherwise as soon as the registry creates a
+    breaker, or a breaker trips or is set by hand, inside one (an async
+    client's first request does it), so no call is needed to start syncing.
+    ``async with storage:`` (or ``await storage.open()``) starts them
+    explicitly, for breakers created before the loop ran. The storage keeps
+    to the first loop it runs on; once that loop is closed, the next running
+    loop takes over.
+
+    Args:
+        client: A ready ``redis.asyncio.Redis``. Give it a socket timeout
+            (50–100 ms is recommended): a slow Redis then counts as a down one.
+        prefix: Start of every key and of the notification channel.
+        sync_interval: Seconds between two rounds of a registry's syncer (> 0).
+        min_reporters: Distinct processes with failures in the window that a
+            fleet-wide trip needs (``>= 1``).
+
+    Raises:
+        ValueError: a bad ``prefix``, ``sync_interval`` or ``min_reporters``.
+
+    Example:
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     async with AsyncRedisStorage(redis.asyncio.Redis()) as storage:
+        ...         registry = BreakerRegistry(storage=storage)
+        ...         transport = AsyncCircuitBreakerTransport(registry=registry)
+        ...         async with httpx.AsyncClient(transport=transport) as client:
+        ...             await client.get("https://api.example.com/")
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "cbh",
+        sync_interval: float = 0.1,
+        min_reporters: int = 1,
+    ) -> None:
+        super().__init__(
+            client, prefix=prefix, sync_interval=sync_interval, min_reporters=min_reporters
+        )
+        self._loop: asyncio.AbstractEventLoop | None = _running_loop()
+        self._syncers: list[_TaskSyncer] = []
+        self._callbacks: list[Callable[[str], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _soon(self, then: Callable[[], None] | None = None) -> None:
+        """Make sure the tasks run on the storage's loop, then call ``then`` there.
+
+        Called from any thread (a breaker's trip, a registry's new breaker):
+        the loop is the one running here if the storage has none yet (or its
+        old one is closed); from another thread the work is handed over.
+        """
+        if self._closed:
+            return
+        here = _running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            if here is None:
+                return  # no loop yet: the first one that runs takes over
+            self._loop = loop = here
+        if here is loop:
+            self._spawn(then)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._spawn, then)
+
+    def _spawn(self, then: Callable[[], None] | None) -> None:
+        if self._closed:
+            return
+        for syncer in self._syncers:
+            syncer.ensure()
+        if self._callbacks and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="circuitbreaker_http-redis-listen"
+            )
+        if then is not None:
+            then()
+
+    async def open(self) -> AsyncRedisStorage:
+        """Start the tasks of every registry already using this storage on the running loop.
+
+        Returns:
+            The storage itself.
+        """
+        self._closed = False
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.get_running_loop()
+        self._soon()
+        return self
+
+    async def __aenter__(self) -> AsyncRedisStorage:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the protocol ------------------------------------------------------------
+
+    def start(self, engine: SyncEngine) -> _TaskSyncer:
+        """Register a registry's engine; its syncer task starts once a loop runs (see above)."""
+        syncer = _TaskSyncer(self, engine)
+        self._syncers.append(syncer)
+        self._callbacks.append(engine.notice)
+        self._soon()
+        return syncer
+
+    async def exchange(self, reports: Sequence[BreakerReport]) -> list[FleetState]:
+        """Apply each report with the script, all in one pipelined round trip.
+
+        Raises:
+            redis.RedisError: Redis is unreachable, slow or refused the script.
+        """
+        client = self.client
+        if self._sha is None:
+            self._sha = _text(await client.script_load(SCRIPT))
+        calls = self._round(reports)
+        pipe = client.pipeline(transaction=False)
+        self._queue(pipe, reports, calls)
+        results = (await pipe.execute(raise_on_error=False))[: len(calls)]
+        missing = self._missing(results)
+        if missing:
+            # The script cache was flushed (a restart, SCRIPT FLUSH): load it once more.
+            self._sha = _text(await client.script_load(SCRIPT))
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                keys, args = calls[i]
+                pipe.evalsha(self._sha, 4, *keys, *args)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        return self._replies(reports, results)
+
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(key)`` on the loop after a fleet-wide transition.
+
+        One pub/sub task per storage serves every callback. Only keys of
+        breakers this storage's registries hold or reported are known by
+        name. Returns an undo.
+        """
+        callbacks = self._callbacks
+        callbacks.append(callback)
+        self._soon()
+
+        def undo() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return undo
+
+    async def breakers(self) -> list[str]:
+        """The keys of the fleet's breakers that Redis still holds, from the index."""
+        client = self.client
+        names = await client.zrange(self._index, 0, -1)
+        if not names:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for state_key in self._state_keys(names):
+            pipe.hget(state_key, "key")
+        keys, gone = self._found(names, await pipe.execute())
+        if gone:
+            await client.zrem(self._index, *gone)
+        return keys
+
+    def _tasks(self) -> list[asyncio.Task[Any]]:
+        self._closed = True
+        tasks = [s.task for s in self._syncers if s.task is not None]
+        if self._listener is not None:
+            tasks.append(self._listener)
+        for syncer in self._syncers:
+            syncer.task = None
+        self._syncers = []
+        self._callbacks = []
+        self._listener = None
+        return tasks
+
+    def close(self) -> None:
+        """Cancel the tasks started on this storage without waiting (the client stays open)."""
+        loop = self._loop
+        for task in self._tasks():
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(task.cancel)
+
+    async def aclose(self) -> None:
+        """Cancel the tasks started on this storage and wait for them (the client stays open)."""
+        here = asyncio.get_running_loop()
+        tasks = self._tasks()
+        for task in tasks:
+            if task.get_loop() is here:
+                task.cancel()
+            elif not task.get_loop().is_closed():
+                with contextlib.suppress(RuntimeError):
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+        mine = [task for task in tasks if task.get_loop() is here]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while self._callbacks:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                delay = 0.1
+                while self._callbacks:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        key = self._names.get(_text(message["data"]))
+                        if key is not None:
+                            for callback in list(self._callbacks):
+                                callback(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis is away: the syncer logs the outage; retry quietly.
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+
+class _TaskSyncer(Rounds):
+    """One registry's sync rounds as a task on the storage's loop."""
+
+    def __init__(self, storage: AsyncRedisStorage, engine: SyncEngine) -> None:
+        super().__init__(engine, storage.sync_interval)
+        self._storage = storage
+        self.task: asyncio.Task[None] | None = None
+        self._event: asyncio.Event | None = None
+        engine.wake = self._wake
+        engine.tracked = self._tracked
+
+    def _tracked(self, key: str) -> None:
+        self._storage._learn(key)
+        self._storage._soon()
+
+    def _wake(self) -> None:
+        # From any thread: set the event on the loop (asyncio.Event is not thread-safe).
+        self._storage._soon(self._set)
+
+    def _set(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    def ensure(self) -> None:
+        """Start the task on the running loop unless it runs already."""
+        if self.task is None or self.task.done():
+            self._event = asyncio.Event()
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), name="circuitbreaker_http-sync"
+            )
+
+    def stop(self) -> None:
+        """Cancel the task (from any thread)."""
+        task, self.task = self.task, None
+        if task is not None and not task.get_loop().is_closed():
+            with contextlib.suppress(RuntimeError):
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(ValueError):
+            self._storage._syncers.remove(self)
+
+    async def _run(self) -> None:
+        event = self._event
+        assert event is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.delay)
+            event.clear()
+            await self.run_round()
+
+    async def run_round(self) -> bool:
+        """Run one round now; whether the storage answered (or there was nothing to send)."""
+        reports = self.begin()
+        if reports is None:
+            return True
+        try:
+            replies = await self._storage.exchange(reports)
+        except Exception as exc:
+            self.failed(exc)
+            return False
+        self.succeeded(replies)
+        return True

@@ -10,14 +10,23 @@ shares it between processes.
 
 from ._engine import SyncEngine
 from ._memory import MemoryStorage
-from ._protocol import MANUAL_ACTIONS, BreakerReport, FleetSettings, Storage, digest
-from ._syncer import ThreadSyncer
+from ._protocol import (
+    MANUAL_ACTIONS,
+    AsyncStorage,
+    BreakerReport,
+    FleetSettings,
+    Storage,
+    digest,
+)
+from ._syncer import Rounds, ThreadSyncer
 
 __all__ = [
     "MANUAL_ACTIONS",
+    "AsyncStorage",
     "BreakerReport",
     "FleetSettings",
     "MemoryStorage",
+    "Rounds",
     "Storage",
     "SyncEngine",
     "ThreadSyncer",

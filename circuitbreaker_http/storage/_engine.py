@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 
 A registry with a storage has one :class:`SyncEngine`. It never does I/O and
-never reads a clock of its own: a syncer (a thread, or later an asyncio task)
+never reads a clock of its own: a syncer (a thread, or an asyncio task)
 calls :meth:`SyncEngine.collect` to get the round's reports, sends them
 through its storage however it does I/O, and hands the replies to
 :meth:`SyncEngine.apply`, or calls :meth:`SyncEngine.failed` when the storage
@@ -109,6 +109,10 @@ class SyncEngine:
         #: Called (from any thread) when something should be sent soon: a
         #: trip, a manual action, a notice. A syncer sets it to wake itself.
         self.wake: Callable[[], None] = lambda: None
+        #: Called with the key (in the creating thread) after a breaker starts
+        #: being synced: a storage learns the name its notifications will
+        #: carry, an asyncio syncer starts its task once it sees a running loop.
+        self.tracked: Callable[[str], None] = lambda key: None
 
     # -- wiring ----------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class SyncEngine:
                 return
             self._tracks[breaker.name] = _Track(breaker)
         breaker.attach(self._subscription)
+        self.tracked(breaker.name)
 
     def forget(self, key: str) -> None:
         """Stop syncing the breaker of ``key`` (dropped by the registry)."""

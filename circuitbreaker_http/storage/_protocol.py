@@ -20,6 +20,7 @@ from .._core import BreakerConfig, FleetState
 
 __all__ = [
     "MANUAL_ACTIONS",
+    "AsyncStorage",
     "BreakerReport",
     "FleetSettings",
     "Storage",
@@ -179,4 +180,48 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Stop every syncer started on this storage (the client stays the caller's)."""
+        ...
+
+
+@runtime_checkable
+class AsyncStorage(Protocol):
+    """:class:`Storage` for an asyncio backend: the same round, awaited.
+
+    Its syncer is a task on the running event loop; :meth:`start` may be
+    called outside one, and the task then starts once the storage sees a
+    running loop (see ``circuitbreaker_http.redis.AsyncRedisStorage``).
+
+    Attributes:
+        process_id: This process's name among the reporters.
+        min_reporters: Distinct processes with failures in the window that a
+            fleet-wide trip needs.
+        sync_interval: Seconds between two rounds of a registry's syncer.
+    """
+
+    process_id: str
+    min_reporters: int
+    sync_interval: float
+
+    def start(self, engine: Any) -> Any:
+        """Register ``engine`` and start (now or once a loop runs) its syncer task; return it."""
+        ...
+
+    async def exchange(self, reports: Sequence[BreakerReport]) -> list[FleetState]:
+        """Apply each report atomically and return the fleet's state for each, in order."""
+        ...
+
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(key)`` (on the loop) after a fleet-wide transition; returns an undo."""
+        ...
+
+    async def breakers(self) -> list[str]:
+        """The keys of the breakers the storage holds state for, from its index."""
+        ...
+
+    def close(self) -> None:
+        """Cancel every task started on this storage without waiting for it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Cancel every task started on this storage and wait for them to end."""
         ...

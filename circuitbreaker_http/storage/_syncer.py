@@ -1,7 +1,9 @@
-"""The thread that runs a registry's sync rounds against a synchronous storage.
+"""The syncers that run a registry's sync rounds: the shared bookkeeping, and a thread.
 
-One per registry, never one per breaker. Every ``sync_interval`` it asks the
-engine for the round's reports; with none (idle) it sends nothing. Whatever
+One per registry, never one per breaker (the asyncio task of
+``circuitbreaker_http.redis.AsyncRedisStorage`` shares :class:`Rounds`).
+Every ``sync_interval`` it asks the engine for the round's reports; with
+none (idle) it sends nothing. Whatever
 the storage raises is caught here: breaking goes on locally, no error reaches
 a caller, one WARNING is logged per outage and one INFO on recovery, and
 rounds are retried after a jittered backoff from 0.1 s doubling to 5 s.
@@ -19,7 +21,7 @@ from .._core import FleetState
 from ._engine import SyncEngine
 from ._protocol import BreakerReport
 
-__all__ = ["ThreadSyncer"]
+__all__ = ["Rounds", "ThreadSyncer"]
 
 logger = logging.getLogger("circuitbreaker_http")
 
@@ -27,7 +29,79 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 
 
-class ThreadSyncer:
+class Rounds:
+    """What every syncer does around one exchange, whatever its I/O loop.
+
+    A syncer calls :meth:`begin` for the round's reports, sends them through
+    its storage (blocking or awaited), then :meth:`succeeded` with the replies
+    or :meth:`failed` with what the storage raised. The outage bookkeeping
+    (one WARNING per outage, one INFO on recovery, jittered backoff) lives
+    here, so the thread and the asyncio task behave alike.
+
+    Args:
+        engine: The registry's engine.
+        interval: Seconds between rounds.
+        clock: The clock the engine's refresh times are read on.
+    """
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        interval: float,
+        clock: Callable[[], float] = _clock.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._clock = clock
+        self._down = False
+        self._backoff = 0.0
+        #: Rounds that sent something, and rounds the storage failed (read-only).
+        self.rounds = 0
+        self.failures = 0
+
+    @property
+    def delay(self) -> float:
+        """Seconds to wait before the next round: the interval, or the backoff while down."""
+        return self._backoff if self._down else self.interval
+
+    def begin(self) -> list[BreakerReport] | None:
+        """The round's reports; ``None`` when there is nothing to send (or collecting failed)."""
+        try:
+            reports = self.engine.collect(self._clock())
+        except Exception:  # a bug here must not kill the syncer
+            logger.exception("circuit breaker fleet sync: collecting a round failed")
+            return None
+        return reports or None
+
+    def failed(self, exc: BaseException) -> None:
+        """The storage raised ``exc`` for the round :meth:`begin` returned."""
+        self.engine.failed()
+        self.failures += 1
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
+        self._backoff *= 0.5 + _random.random() / 2  # jitter: a fleet does not retry in step
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "circuit breaker fleet storage unreachable (%s: %s); breaking on local "
+                "state and retrying with backoff (logged once per outage)",
+                type(exc).__name__,
+                exc,
+            )
+
+    def succeeded(self, replies: list[FleetState]) -> None:
+        """The storage answered the round :meth:`begin` returned."""
+        self.rounds += 1
+        if self._down:
+            self._down = False
+            self._backoff = 0.0
+            logger.info("circuit breaker fleet storage reachable again; state merged back")
+        try:
+            self.engine.apply(replies, self._clock())
+        except Exception:
+            logger.exception("circuit breaker fleet sync: applying a round failed")
+
+
+class ThreadSyncer(Rounds):
     """Runs :class:`SyncEngine` rounds on a daemon thread.
 
     Args:
@@ -46,17 +120,10 @@ class ThreadSyncer:
         name: str = "circuitbreaker_http-sync",
         clock: Callable[[], float] = _clock.monotonic,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, interval, clock)
         self._exchange = exchange
-        self.interval = interval
-        self._clock = clock
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._down = False
-        self._backoff = 0.0
-        #: Rounds that sent something, and rounds the storage failed (read-only).
-        self.rounds = 0
-        self.failures = 0
         engine.wake = self._wake.set
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -70,8 +137,7 @@ class ThreadSyncer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            delay = self._backoff if self._down else self.interval
-            self._wake.wait(delay)
+            self._wake.wait(self.delay)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -79,37 +145,13 @@ class ThreadSyncer:
 
     def run_round(self) -> bool:
         """Run one round now; whether the storage answered (or there was nothing to send)."""
-        engine = self.engine
-        try:
-            reports = engine.collect(self._clock())
-        except Exception:  # a bug here must not kill the thread
-            logger.exception("circuit breaker fleet sync: collecting a round failed")
-            return False
-        if not reports:
+        reports = self.begin()
+        if reports is None:
             return True
         try:
             replies = self._exchange(reports)
         except Exception as exc:
-            engine.failed()
-            self.failures += 1
-            self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
-            self._backoff *= 0.5 + _random.random() / 2  # jitter: a fleet does not retry in step
-            if not self._down:
-                self._down = True
-                logger.warning(
-                    "circuit breaker fleet storage unreachable (%s: %s); breaking on local "
-                    "state and retrying with backoff (logged once per outage)",
-                    type(exc).__name__,
-                    exc,
-                )
+            self.failed(exc)
             return False
-        self.rounds += 1
-        if self._down:
-            self._down = False
-            self._backoff = 0.0
-            logger.info("circuit breaker fleet storage reachable again; state merged back")
-        try:
-            engine.apply(replies, self._clock())
-        except Exception:
-            logger.exception("circuit breaker fleet sync: applying a round failed")
+        self.succeeded(replies)
         return True

@@ -13,7 +13,7 @@ import pytest
 from circuitbreaker_http import BreakerConfig, BreakerRegistry, CircuitOpenError, CircuitState
 from circuitbreaker_http.storage import MemoryStorage
 
-from .conftest import redis_client
+from .conftest import AsyncRedisFactory, redis_client
 
 CONFIG = BreakerConfig(
     consecutive_failures=None,
@@ -35,14 +35,19 @@ def poll(check: Callable[[], bool], timeout: float = 3.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-async"])
 def storages(request: pytest.FixtureRequest, redis_prefix: str) -> Iterator[Callable[..., Any]]:
+    """Makes storages on one fleet state; for ``redis-async`` the syncer tasks run
+    on a loop thread while the tests drive the breakers from this one."""
     made: list[Any] = []
     clients: list[Any] = []
     first: list[MemoryStorage] = []
+    factory = AsyncRedisFactory() if request.param == "redis-async" else None
 
     def make(**kwargs: Any) -> Any:
         kwargs.setdefault("sync_interval", 0.02)
+        if factory is not None:
+            return factory.storage(redis_prefix, **kwargs)
         if request.param == "memory":
             storage = first[0].peer(**kwargs) if first else MemoryStorage(**kwargs)
             first.append(storage)
@@ -60,6 +65,8 @@ def storages(request: pytest.FixtureRequest, redis_prefix: str) -> Iterator[Call
         storage.close()
     for client in clients:
         client.close()
+    if factory is not None:
+        factory.close()
 
 
 def fail(registry: BreakerRegistry, key: str, n: int) -> None:
