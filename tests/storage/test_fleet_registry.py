@@ -60,6 +60,7 @@ def storages(request: pytest.FixtureRequest, redis_prefix: str) -> Iterator[Call
         made.append(storage)
         return storage
 
+    make.kind = request.param  # type: ignore[attr-defined]
     yield make
     for storage in made:
         storage.close()
@@ -166,3 +167,44 @@ def test_a_storage_that_raises_is_caught_logged_once_and_merged_back(
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
         storage.close()
+
+
+def test_clocks_an_hour_apart_agree_on_the_open_period(storages: Callable[..., Any]) -> None:
+    """The open period is the fleet's (Redis' clock): each registry's own clock is irrelevant."""
+    config = CONFIG.replace(open_duration=5.0, max_open_duration=10.0, open_jitter=0.0)
+    a = BreakerRegistry(config, storage=storages())
+    b = BreakerRegistry(config, storage=storages(), clock=lambda: time.monotonic() + 3600.0)
+    b.get("k").record(b.get("k").acquire(), False)
+    fail(a, "k", 6)
+    poll(lambda: b.get("k").state is CircuitState.OPEN)
+    poll(lambda: a.get("k").snapshot().retry_after is not None)
+    left_a = a.get("k").snapshot().retry_after
+    left_b = b.get("k").snapshot().retry_after
+    assert left_a is not None and left_b is not None
+    assert 4.0 < left_b <= 5.0
+    assert abs(left_a - left_b) < 0.25  # a sync round and a round trip apart at most
+
+
+def test_nothing_is_left_once_the_ttls_pass(
+    storages: Callable[..., Any], redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key of an idle breaker expires (the 60 s margin set to 0 so TTLs are ~0.5 s)."""
+    if storages.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("Redis keys only")
+    monkeypatch.setattr("circuitbreaker_http.storage._protocol._TTL_MARGIN", 0.0)
+    config = CONFIG.replace(window=0.2, max_open_duration=0.3, open_duration=0.05)
+    registry = BreakerRegistry(config, storage=storages())
+    probe = redis_client()
+
+    def keys() -> list[bytes]:
+        return list(probe.scan_iter(match=f"{redis_prefix}:*", count=1000))
+
+    for name in ("k", "x" * 10_000, "a}{b:c"):
+        breaker = registry.get(name)
+        for failed in (False, True, False):
+            breaker.record(breaker.acquire(), failed)
+    poll(lambda: len(keys()) == 3 * 3 + 1)  # state, window, reporters per breaker; the index
+    ttls = [probe.pttl(key) for key in keys()]
+    assert all(0 < ttl <= 520 for ttl in ttls), ttls  # 1.1 x 0.2 s + 0.3 s, in ms
+    poll(lambda: keys() == [], timeout=3.0)  # the breakers stay idle: nothing rewrites them
+    probe.close()
