@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
 from ._core import CircuitState, FleetState
 from .storage._engine import SyncEngine
 from .storage._protocol import BreakerReport, digest
-from .storage._syncer import Rounds, ThreadSyncer
+from .storage._syncer import Rounds, ThreadSyncer, stats_of
 
 __all__ = ["SCRIPT", "AsyncRedisStorage", "RedisStorage"]
 
@@ -257,6 +257,18 @@ class _RedisBase:
         self._index = f"{prefix}:index"
         self._sha: str | None = None
         self._names: dict[str, str] = {}  # digest -> key, for notifications
+
+    def stats(self) -> dict[str, object]:
+        """How synchronisation goes, for metrics (``BreakerCollector`` exports it).
+
+        Returns:
+            ``up`` (the last round of every registry reached Redis), ``errors``
+            (failed rounds), ``rounds``, ``sync_buckets`` (cumulative
+            ``(upper bound in seconds, count)`` pairs of round durations,
+            ending with ``math.inf``) and ``sync_sum`` (seconds in rounds).
+        """
+        syncers: Sequence[Rounds] = getattr(self, "_syncers", ())
+        return stats_of(syncers)
 
     def _learn(self, key: str) -> None:
         # A notification carries a digest: know it for every breaker tracked,

@@ -12,6 +12,7 @@ rounds are retried after a jittered backoff from 0.1 s doubling to 5 s.
 from __future__ import annotations
 
 import logging
+import math
 import random as _random
 import threading
 from collections.abc import Callable, Sequence
@@ -21,12 +22,15 @@ from .._core import FleetState
 from ._engine import SyncEngine
 from ._protocol import BreakerReport
 
-__all__ = ["Rounds", "ThreadSyncer"]
+__all__ = ["SYNC_BUCKETS", "Rounds", "ThreadSyncer", "stats_of"]
 
 logger = logging.getLogger("circuitbreaker_http")
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+
+SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds, in seconds, of the round-duration histogram a storage's ``stats()`` gives."""
 
 
 class Rounds:
@@ -58,6 +62,29 @@ class Rounds:
         #: Rounds that sent something, and rounds the storage failed (read-only).
         self.rounds = 0
         self.failures = 0
+        # How long rounds took, for metrics: a count per SYNC_BUCKETS bound
+        # (the last slot is +Inf), and the total seconds.
+        self.durations = [0] * (len(SYNC_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self._began: float | None = None
+
+    @property
+    def up(self) -> bool:
+        """Whether the last round reached the storage (``True`` before the first)."""
+        return not self._down
+
+    def _timed(self) -> None:
+        began = self._began
+        if began is None:
+            return
+        self._began = None
+        seconds = max(0.0, _clock.monotonic() - began)
+        self.duration_sum += seconds
+        for i, bound in enumerate(SYNC_BUCKETS):
+            if seconds <= bound:
+                self.durations[i] += 1
+                return
+        self.durations[-1] += 1
 
     @property
     def delay(self) -> float:
@@ -71,10 +98,13 @@ class Rounds:
         except Exception:  # a bug here must not kill the syncer
             logger.exception("circuit breaker fleet sync: collecting a round failed")
             return None
+        if reports:
+            self._began = _clock.monotonic()
         return reports or None
 
     def failed(self, exc: BaseException) -> None:
         """The storage raised ``exc`` for the round :meth:`begin` returned."""
+        self._timed()
         self.engine.failed()
         self.failures += 1
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
@@ -90,6 +120,7 @@ class Rounds:
 
     def succeeded(self, replies: list[FleetState]) -> None:
         """The storage answered the round :meth:`begin` returned."""
+        self._timed()
         self.rounds += 1
         if self._down:
             self._down = False
@@ -155,3 +186,33 @@ class ThreadSyncer(Rounds):
             return False
         self.succeeded(replies)
         return True
+
+
+def stats_of(syncers: Sequence[Rounds]) -> dict[str, object]:
+    """A storage's ``stats()`` over the syncers it runs (one per registry).
+
+    Returns:
+        ``up`` (every syncer's last round reached the storage), ``errors``
+        (failed rounds), ``rounds`` (rounds answered), ``sync_buckets``
+        (``(upper bound in seconds, cumulative count)`` pairs ending with
+        ``math.inf``, as a Prometheus histogram wants them) and ``sync_sum``
+        (seconds spent in rounds).
+    """
+    counts = [0] * (len(SYNC_BUCKETS) + 1)
+    total = 0.0
+    for syncer in syncers:
+        for i, n in enumerate(syncer.durations):
+            counts[i] += n
+        total += syncer.duration_sum
+    buckets: list[tuple[float, int]] = []
+    running = 0
+    for bound, n in zip((*SYNC_BUCKETS, math.inf), counts, strict=True):
+        running += n
+        buckets.append((bound, running))
+    return {
+        "up": all(syncer.up for syncer in syncers),
+        "errors": sum(syncer.failures for syncer in syncers),
+        "rounds": sum(syncer.rounds for syncer in syncers),
+        "sync_buckets": buckets,
+        "sync_sum": total,
+    }
