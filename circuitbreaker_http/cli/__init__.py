@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         default=20.0,
         help="requests per second per host (default 20, max 200)",
     )
+    from ._ops import add_ops
     from ._simulate import add_simulate, add_tune
 
+    add_ops(commands)
     add_simulate(commands)
     add_tune(commands)
     return parser
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._simulate import run_simulate, run_tune
 
         return run_simulate(args) if args.command == "simulate" else run_tune(args)
+    if args.command in ("status", "open", "disable", "reset"):
+        from ._ops import run_ops
+
+        return run_ops(args)
     if not 2.0 <= args.duration <= 600.0:
         parser.error("--duration must be between 2 and 600 seconds")
     if not 0.5 <= args.rate <= 200.0:
