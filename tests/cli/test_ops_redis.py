@@ -285,3 +285,78 @@ def test_status_of_ten_thousand_fleet_breakers_within_a_second(
     )
     assert inside <= 1.0
     assert whole <= 2.0  # a loose guard: the interpreter's start varies with the machine's load
+
+
+CHILD = """
+import sys
+import redis
+from circuitbreaker_http import BreakerRegistry, StateChange
+from circuitbreaker_http.redis import RedisStorage
+
+prefix, key = sys.argv[1], sys.argv[2]
+storage = RedisStorage(redis.Redis(host="127.0.0.1", port=6379), prefix=prefix, sync_interval=0.05)
+registry = BreakerRegistry(storage=storage)
+registry.subscribe(lambda c: print("change", c.new.value, c.reason, flush=True), StateChange)
+registry.get(key).call(lambda: None)
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+storage.close()
+"""
+
+
+def test_actions_reach_every_process_of_a_fleet(
+    client: Any, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import queue
+
+    key = "https://pay.example.com"
+    report(client, prefix, BreakerReport(key, SETTINGS, calls=1))
+    lines: queue.Queue[tuple[int, str]] = queue.Queue()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, prefix, key],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+
+    def pump(i: int, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            lines.put((i, line.strip()))
+
+    pumps = [
+        threading.Thread(target=pump, args=(i, c), daemon=True) for i, c in enumerate(children)
+    ]
+    for thread in pumps:
+        thread.start()
+
+    def wait_all(text: str) -> None:
+        pending = set(range(len(children)))
+        while pending:
+            i, line = lines.get(timeout=15)  # bounded: a lost process fails the test
+            if line.startswith(text):
+                pending.discard(i)
+
+    try:
+        wait_all("ready")
+        code, out, _ = run(capsys, "open", key, "--redis", URL, "--prefix", prefix)
+        assert (code, out) == (0, f"{key}: closed -> forced_open (fleet-wide)\n")
+        wait_all("change forced_open")
+        code, out, _ = run(capsys, "reset", "https://*", "--redis", URL, "--prefix", prefix)
+        assert (code, out) == (0, f"{key}: forced_open -> closed (fleet-wide)\n")
+        wait_all("change closed")
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+        for child in children:
+            child.wait(15)
+        for thread in pumps:
+            thread.join(15)  # the pipe ends with the child
+        for child in children:
+            assert child.stdout is not None
+            child.stdout.close()
+    assert [child.returncode for child in children] == [0, 0, 0]
