@@ -8,6 +8,11 @@
    and round trips per ``sync_interval`` at steady state and while idle.
 3. One round's wall time and Redis CPU (``INFO commandstats`` usec of
    EVALSHA) for 1, 10, 100 and 1,000 changed breakers.
+4. Propagation of a trip from one process to another (spawned) one, both on
+   ``RedisStorage`` with ``sync_interval=0.1`` and the same prefix: p50 and
+   p99 over ``--trips`` trips, one fresh key per trip (aim: p50 <= 5 ms,
+   p99 <= 50 ms). Both processes stamp with ``time.monotonic()``, which is
+   ``CLOCK_MONOTONIC`` on Linux and so one clock for every process of a host.
 
 Prints, asserts nothing. Needs a Redis server (default 127.0.0.1:6379).
 """
@@ -15,6 +20,8 @@ Prints, asserts nothing. Needs a Redis server (default 127.0.0.1:6379).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing as mp
 import statistics
 import sys
 import threading
@@ -195,12 +202,91 @@ def section3(host: str, port: int, rounds: int) -> None:
     client.close()
 
 
+PROPAGATION_CONFIG = {"consecutive_failures": 1, "open_duration": 60.0}
+
+
+def observer(host: str, port: int, prefix: str, inbox: Any, out: Any) -> None:
+    """Process B: track each key it is given, then poll its state until it is open."""
+    client = client_on(host, port)
+    storage = RedisStorage(client, prefix=prefix, sync_interval=0.1)
+    registry = BreakerRegistry(BreakerConfig(**PROPAGATION_CONFIG), storage=storage)
+    out.put("ready")
+    while True:
+        key = inbox.get()
+        if key is None:
+            break
+        breaker = registry.get(key)  # tracked: the storage knows its notifications' name
+        out.put("tracking")
+        deadline = time.monotonic() + 2.0
+        seen = None
+        while time.monotonic() < deadline:
+            if breaker.state.value == "open":
+                seen = time.monotonic()
+                break
+            time.sleep(0.0001)
+        out.put(seen)
+    storage.close()
+    client.close()
+
+
+def section4(host: str, port: int, trips: int) -> None:
+    print("4. propagation of a trip to another process (sync_interval=0.1), ms")
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    ctx = mp.get_context("spawn")
+    inbox, out = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=observer, args=(host, port, prefix, inbox, out), daemon=True)
+    proc.start()
+    client = client_on(host, port)
+    storage = RedisStorage(client, prefix=prefix, sync_interval=0.1)
+    registry = BreakerRegistry(BreakerConfig(**PROPAGATION_CONFIG), storage=storage)
+    latencies: list[float] = []
+    missed = 0
+    try:
+        assert out.get(timeout=30) == "ready"
+        for i in range(trips):
+            key = f"http://prop{i}.test/"
+            breaker = registry.get(key)
+            inbox.put(key)
+            assert out.get(timeout=10) == "tracking"
+            time.sleep(0.02)  # let B's listener and syncer settle
+            permit = breaker.acquire()
+            breaker.record(permit, failed=True)  # consecutive_failures=1: this trips
+            tripped = time.monotonic()
+            seen = out.get(timeout=10)
+            if seen is None:
+                missed += 1
+            else:
+                latencies.append((seen - tripped) * 1000)
+    finally:
+        inbox.put(None)
+        proc.join(10)
+        storage.close()
+        with contextlib.suppress(redis.RedisError):
+            names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if names:
+                client.delete(*names)
+        client.close()
+    if len(latencies) >= 2:
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        print(
+            f"   {len(latencies)} trips seen, {missed} not within 2 s:"
+            f" p50 {statistics.median(latencies):.2f} ms, p99 {q[98]:.2f} ms,"
+            f" max {max(latencies):.2f} ms (aim p50 <= 5, p99 <= 50)"
+        )
+    else:
+        print(f"   {len(latencies)} trips seen, {missed} not within 2 s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--trips", type=int, default=None, help="trips for section 4")
+    parser.add_argument(
+        "--only", type=int, choices=(1, 2, 3, 4), default=None, help="run one section"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (11 if args.quick else 31)
     n = 2000 if args.quick else 5000
@@ -212,9 +298,16 @@ def main() -> None:
         f"circuitbreaker-http {_common.version_of('circuitbreaker-http')},"
         f" redis-py {redis.__version__}, httpx {httpx.__version__}"
     )
-    section1(args.host, args.port, repeats, n)
-    section2(args.host, args.port, 1.0 if args.quick else 3.0)
-    section3(args.host, args.port, 5 if args.quick else 15)
+    trips = args.trips or (100 if args.quick else 200)
+    sections = {
+        1: lambda: section1(args.host, args.port, repeats, n),
+        2: lambda: section2(args.host, args.port, 1.0 if args.quick else 3.0),
+        3: lambda: section3(args.host, args.port, 5 if args.quick else 15),
+        4: lambda: section4(args.host, args.port, trips),
+    }
+    for number, run in sections.items():
+        if args.only in (None, number):
+            run()
 
 
 if __name__ == "__main__":
