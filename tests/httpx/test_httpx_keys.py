@@ -264,7 +264,10 @@ def test_registry_stays_bounded_under_100_000_keys() -> None:
     held = {b.name for b in registry}
     assert protected <= held
     assert all(registry.get(b.name) is b for b in forced + disabled + tripped)
-    assert elapsed < 10.0
+    # A guard against the old full scan and sort per new key (about 2.5 ms
+    # each at this size: over 200 s here), loose enough for a loaded machine
+    # (about 6 s alone on CI's 2 cores).
+    assert elapsed < 40.0
     # Once the open periods end, the tripped breakers are ordinary again.
     clock.advance(11.0)
     for i in range(3000):
