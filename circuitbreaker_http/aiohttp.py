@@ -460,7 +460,7 @@ _pass_through(_WatchedBody)
 class _AiohttpGate(Gate):
     """Keys, outcomes and fallbacks of one middleware: aiohttp objects in, plain values out."""
 
-    __slots__ = ("_origins",)
+    __slots__ = ("_origins", "_routes")
 
     def __init__(
         self,
@@ -472,10 +472,29 @@ class _AiohttpGate(Gate):
         # authority ("host:port" as in the URL) -> [(scheme, key)]: an origin's
         # key found from two of yarl's parts, without a tuple per request.
         self._origins: dict[str, list[tuple[str, str | None]]] = {}
+        # raw host -> (scheme, port, breaker or None, registry epoch): the breaker
+        # of the host's latest origin, used again without a key or registry.get()
+        # while the registry's epoch is the one read before that get() (see
+        # BreakerRegistry.epoch). by_host keys on scheme, host and port only, so
+        # these three parts decide the breaker; aiohttp has read them already.
+        self._routes: dict[str | None, tuple[str, int | None, CircuitBreaker | None, int]] = {}
 
     def route(self, request: ClientRequest) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         return self.route_with(_current_options.get(), request)
+
+    def route_origin(self, request: ClientRequest) -> CircuitBreaker | None:
+        """:meth:`route` without options, by host: look the origin's breaker up and keep it."""
+        registry = self.registry
+        epoch = registry.epoch  # before get(): a drop after it changes the epoch again
+        key = self.key_of(request)
+        breaker = None if key is None else registry.get(key)
+        url = request.url
+        routes = self._routes
+        if len(routes) >= _ORIGINS_MAX:
+            routes.clear()  # rotating hosts must not grow memory
+        routes[url.raw_host] = (url.scheme, url.port, breaker, epoch)
+        return breaker
 
     def key_of(self, request: ClientRequest) -> str | None:
         """The key of ``request`` from its parsed URL (yarl's parts, never reparsed)."""
@@ -689,22 +708,21 @@ class CircuitBreakerMiddleware:
     async def __call__(self, request: ClientRequest, handler: Handler) -> ClientResponse:
         """Send ``request`` through its breaker (aiohttp calls this, once per redirect hop)."""
         gate = self._gate
-        if _current_options.get() is None:
-            # route() and key_of(), inlined on the hot path: an origin seen before.
-            key: str | None = None
+        if gate.by_host and _current_options.get() is None:
+            # route(), inlined on the hot path: the breaker of an origin seen
+            # before, found from the URL parts aiohttp has read (and yarl has
+            # cached) already, without a key or a registry lookup.
             url = request.url
-            entries = gate._origins.get(url.raw_authority) if gate.by_host else None
-            if entries is not None:
-                scheme = url.scheme
-                for known_scheme, known_key in entries:
-                    if known_scheme == scheme:
-                        key = known_key
-                        break
-                else:
-                    key = gate.key_of(request)
+            hit = gate._routes.get(url.raw_host)
+            if (
+                hit is not None
+                and hit[3] == gate.registry.epoch
+                and hit[1] == url.port
+                and hit[0] == url.scheme
+            ):
+                breaker = hit[2]
             else:
-                key = gate.key_of(request)
-            breaker = None if key is None else gate.registry.get(key)
+                breaker = gate.route_origin(request)
         else:
             breaker = gate.route(request)
         if breaker is None:
