@@ -122,6 +122,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 Y = TypeVar("Y")
 S = TypeVar("S")
+V = TypeVar("V")
 F = TypeVar("F", bound=Callable[..., Any])
 
 StateListener = Callable[[StateChange], object]
@@ -418,16 +419,7 @@ class CircuitBreaker:
 
     def snapshot(self) -> BreakerSnapshot:
         """Return a consistent view of the breaker: state, window counts, time to retry."""
-        core = self._core
-        with self._lock:
-            now = self._now()
-            if self._deferred:
-                self._apply_deferred(now)
-            snap = core.snapshot(now, self._rejected, self._shadow_rejected)
-            drain = self._enqueue() if core.changes else False
-        if drain:
-            self._drain()
-        return snap
+        return self._view(BreakerCore.snapshot)
 
     def metrics(self) -> MetricsRow:
         """The numbers metrics read, as one plain tuple (for collectors scraping many breakers).
@@ -437,16 +429,24 @@ class CircuitBreaker:
         calls, failures, slow_calls, retry_after)``: the fields of
         :meth:`snapshot` of the same names, without building a snapshot.
         """
+        return self._view(BreakerCore.metrics)
+
+    def _view(self, read: Callable[[BreakerCore, float, int, int], V]) -> V:
+        """``read(core, now, rejected, shadow_rejected)`` under the lock, as a look.
+
+        Queued deferred outcomes are filed first, and the transitions the look
+        causes (open to half-open) are delivered after the lock is released.
+        """
         core = self._core
         with self._lock:
             now = self._now()
             if self._deferred:
                 self._apply_deferred(now)
-            row = core.metrics(now, self._rejected, self._shadow_rejected)
+            value = read(core, now, self._rejected, self._shadow_rejected)
             drain = self._enqueue() if core.changes else False
         if drain:
             self._drain()
-        return row
+        return value
 
     def export_state(self) -> CoreState:
         """Return the breaker's state as a plain value (window buckets, state, open-until)."""

@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
         'pip install "circuitbreaker-http[prometheus]"'
     ) from exc
 
-from ._core import BreakerSnapshot, CircuitState
+from ._core import BreakerSnapshot, CircuitState, metrics_row
 from ._registry import BreakerRegistry
 
 __all__ = ["BreakerCollector", "SnapshotSource"]
@@ -208,27 +208,7 @@ class BreakerCollector:
         source: Any = self.registry
         if isinstance(source, BreakerRegistry):
             return [(breaker.name, breaker.metrics()) for breaker in source]
-        return [
-            (
-                snap.name,
-                (
-                    snap.state,
-                    snap.total_calls,
-                    snap.total_failures,
-                    snap.total_ignored,
-                    snap.total_slow_calls,
-                    snap.total_rejected,
-                    snap.total_shadow_rejected,
-                    snap.total_transitions,
-                    snap.open_seconds,
-                    snap.calls,
-                    snap.failures,
-                    snap.slow_calls,
-                    snap.retry_after,
-                ),
-            )
-            for snap in source.snapshot()
-        ]
+        return [(snap.name, metrics_row(snap)) for snap in source.snapshot()]
 
     def _build(self, name: str, key: tuple[Any, ...], old: _Entry | None) -> _Entry:
         """One breaker's samples, reusing from its previous entry whatever did not change.

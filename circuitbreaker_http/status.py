@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._breaker import CircuitBreaker
-from ._core import BreakerSnapshot, CircuitState, StateChange
+from ._core import CircuitState, StateChange, metrics_row
 from ._registry import BreakerRegistry
 
 __all__ = ["ASGIStatusApp", "Response", "StatusHandler", "WSGIStatusApp", "asgi_app", "wsgi_app"]
@@ -88,25 +88,6 @@ def _bytes(status: int, content_type: str, body: bytes, *extra: tuple[str, str])
 def _error(status: int, message: str, *extra: tuple[str, str]) -> Response:
     body = json.dumps({"error": message}).encode()
     return _bytes(status, _JSON, body, *extra)
-
-
-def _row(snap: BreakerSnapshot) -> tuple[Any, ...]:
-    """The tuple :meth:`CircuitBreaker.metrics` would give at the snapshot's moment."""
-    return (
-        snap.state,
-        snap.total_calls,
-        snap.total_failures,
-        snap.total_ignored,
-        snap.total_slow_calls,
-        snap.total_rejected,
-        snap.total_shadow_rejected,
-        snap.total_transitions,
-        snap.open_seconds,
-        snap.calls,
-        snap.failures,
-        snap.slow_calls,
-        snap.retry_after,
-    )
 
 
 class StatusHandler:
@@ -301,7 +282,7 @@ class StatusHandler:
                     entry = hit
             if entry is None:
                 snap = breaker.snapshot()
-                entry = (breaker, _row(snap), dumps(snap.as_dict()).encode())
+                entry = (breaker, metrics_row(snap), dumps(snap.as_dict()).encode())
             new[name] = entry
             parts.append(entry[2])
         self._cache = new  # one assignment: concurrent requests each see a whole cache

@@ -27,6 +27,7 @@ from ._values import (
     StateChange,
     SyncView,
     Verdict,
+    metrics_row,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "SyncView",
     "Verdict",
     "bucket_of",
+    "metrics_row",
 ]

@@ -743,13 +743,7 @@ class BreakerCore:
         ``rejected`` and ``shadow_rejected`` are the shell's counts of
         short-circuited calls, which it keeps without the lock.
         """
-        self.poll(now)  # which refuses a ``now`` that is not finite
-        self._fold()
-        self._advance(bucket_of(now, self._width))
-        if self._counted is None:
-            calls, failures, slow = self.calls, self.failures, self.slow_calls
-        else:
-            calls, failures, slow = self._n_calls, self._n_failures, self._n_slow
+        calls, failures, slow = self._look(now)
         state = self.state
         return BreakerSnapshot(
             name=self.name,
@@ -785,13 +779,7 @@ class BreakerCore:
         ``None`` unless open. Equal tuples mean nothing a metric shows has
         changed.
         """
-        self.poll(now)
-        self._fold()
-        self._advance(bucket_of(now, self._width))
-        if self._counted is None:
-            calls, failures, slow = self.calls, self.failures, self.slow_calls
-        else:
-            calls, failures, slow = self._n_calls, self._n_failures, self._n_slow
+        calls, failures, slow = self._look(now)
         state = self.state
         return (
             state,
@@ -808,6 +796,17 @@ class BreakerCore:
             slow,
             max(0.0, self.open_until - now) if state is OPEN else None,
         )
+
+    def _look(self, now: float) -> tuple[int, int, int]:
+        """A look at ``now`` for a view: time-driven transitions applied, the window
+        aged and folded; returns the ``(calls, failures, slow calls)`` the rules judge
+        (the count window's when ``window_calls`` is set)."""
+        self.poll(now)  # which refuses a ``now`` that is not finite
+        self._fold()
+        self._advance(bucket_of(now, self._width))
+        if self._counted is None:
+            return self.calls, self.failures, self.slow_calls
+        return self._n_calls, self._n_failures, self._n_slow
 
     def open_seconds(self, now: float) -> float:
         """Seconds spent open, half-open or forced open since creation, as of ``now``."""

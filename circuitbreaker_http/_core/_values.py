@@ -24,6 +24,7 @@ __all__ = [
     "StateChange",
     "SyncView",
     "Verdict",
+    "metrics_row",
 ]
 
 
@@ -510,3 +511,27 @@ class FleetState:
     failures: int = 0
     slow_calls: int = 0
     fresh: bool = False
+
+
+def metrics_row(snap: BreakerSnapshot) -> tuple[Any, ...]:
+    """The tuple ``CircuitBreaker.metrics()`` gives, read from a snapshot.
+
+    ``(state, total_calls, total_failures, total_ignored, total_slow_calls,
+    total_rejected, total_shadow_rejected, total_transitions, open_seconds,
+    calls, failures, slow_calls, retry_after)``.
+    """
+    return (
+        snap.state,
+        snap.total_calls,
+        snap.total_failures,
+        snap.total_ignored,
+        snap.total_slow_calls,
+        snap.total_rejected,
+        snap.total_shadow_rejected,
+        snap.total_transitions,
+        snap.open_seconds,
+        snap.calls,
+        snap.failures,
+        snap.slow_calls,
+        snap.retry_after,
+    )
