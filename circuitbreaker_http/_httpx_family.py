@@ -15,13 +15,12 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from . import _clock
+from . import _clock, _options
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
 from ._keys import KeyFunc
-from ._options import _current as _current_options
-from ._options import request_options
+from ._options import current_options, request_options
 from ._outcome import (
     EXTENSION,
     ErrorKinds,
@@ -77,9 +76,14 @@ class Flavour:
 
     @staticmethod
     def private_url_parts(url: Any) -> tuple[str, str, int | None, str]:
-        """The same from httpx's parsed ``_uri_reference``: a third of the public cost."""
+        """The same from httpx's parsed ``_uri_reference``: a third of the public cost.
+
+        The parts are read by position (``scheme, userinfo, host, port, path,
+        ...``), cheaper than the named tuple's fields: the check below proves
+        the order in the httpx at hand.
+        """
         ref = url._uri_reference
-        return ref.scheme, ref.host, ref.port, ref.path or "/"
+        return ref[0], ref[2], ref[3], ref[4] or "/"
 
     def _private_url_parts_agree(self) -> bool:
         """Whether the private fast path gives what the public API gives, in this version."""
@@ -159,7 +163,7 @@ class _DecoderWatch:
 class _HttpxGate(Gate):
     """A :class:`Gate` that keys httpx requests without reparsing their URLs."""
 
-    __slots__ = ("_fast", "_key_cache", "_routes", "flavour")
+    __slots__ = ("_key_cache", "fast", "flavour", "routes", "settles_now")
 
     def __init__(
         self,
@@ -172,42 +176,54 @@ class _HttpxGate(Gate):
         self.flavour = flavour
         # host -> [(scheme, port, key)]: found without building a tuple per request.
         self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
-        # host -> (scheme, port, breaker or None, registry epoch): the breaker
-        # of the host's latest origin, used again without registry.get() while
-        # the registry's epoch is the one read before that get().
-        self._routes: dict[str, tuple[str, int | None, CircuitBreaker | None, int]] = {}
-        self._fast = self.by_host and flavour.fast_url
+        #: host -> (scheme, port, breaker or None, registry epoch): the breaker
+        #: of the host's latest origin, used again without registry.get() while
+        #: the registry's epoch is the one read before that get().
+        self.routes: dict[str, tuple[str, int | None, CircuitBreaker | None, int]] = {}
+        #: Whether :meth:`route`'s hot path applies: keys by host, URLs read by position.
+        self.fast = self.by_host and flavour.fast_url
+        #: The stream type of a response that :meth:`settle_now` can settle
+        #: (a body already in memory, when Last-Known-Good keeps no copy of
+        #: it), else a type no stream is; a subclass, a rarity, goes to watch().
+        self.settles_now: type = flavour.ByteStream if self.lkg is None else _NoStream
 
     def route(self, request: Any) -> CircuitBreaker | None:
-        """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
-        extension = request.extensions.get(EXTENSION)
-        opts = _current_options.get() if extension is None else request_options(extension)
-        if opts is None and self._fast:
-            # The hot path, inlined: the origin's breaker found on the parsed
-            # URL, without a key, a registry lookup or an LRU tick (see
-            # BreakerRegistry.epoch for why skipping the tick is sound).
-            ref = request.url._uri_reference  # checked against the public API: Flavour.fast_url
-            hit = self._routes.get(ref.host)
+        """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass.
+
+        The transports inline its first branch (see :meth:`route_origin`).
+        """
+        if self.fast and not _options.in_use and EXTENSION not in request.extensions:
+            ref = request.url._uri_reference
+            hit = self.routes.get(ref[2])
             if (
                 hit is not None
                 and hit[3] == self.registry.epoch
-                and hit[1] == ref.port
-                and hit[0] == ref.scheme
+                and hit[1] == ref[3]
+                and hit[0] == ref[0]
             ):
                 return hit[2]
-            return self._route_origin(request, ref)
+            return self.route_origin(request, ref)
+        extension = request.extensions.get(EXTENSION)
+        opts = request_options(extension) if extension is not None else current_options()
         return self.route_with(opts, request)
 
-    def _route_origin(self, request: Any, ref: Any) -> CircuitBreaker | None:
-        """:meth:`route` for an origin not in its cache (or an epoch ago): look it up, keep it."""
+    def route_origin(self, request: Any, ref: Any) -> CircuitBreaker | None:
+        """The breaker of an origin not in :attr:`routes` (or an epoch ago): look it up, keep it.
+
+        :meth:`route`'s hot path, which the transports inline, finds the
+        breaker of an origin seen before from the parsed URL (``ref``, read
+        by position as :meth:`Flavour.private_url_parts` does, checked by
+        ``Flavour.fast_url``) without a key, a registry lookup or an LRU tick
+        (see ``BreakerRegistry.epoch`` for why skipping the tick is sound).
+        """
         registry = self.registry
         epoch = registry.epoch  # before get(): a drop after it changes the epoch again
         key = self.key_of(request)
         breaker = None if key is None else registry.get(key)
-        routes = self._routes
+        routes = self.routes
         if len(routes) >= _KEY_CACHE_HOSTS:
             routes.clear()  # rotating hosts must not grow memory
-        routes[ref.host] = (ref.scheme, ref.port, breaker, epoch)
+        routes[ref[2]] = (ref[0], ref[3], breaker, epoch)
         return breaker
 
     def key_of(self, request: Any) -> str | None:
@@ -218,8 +234,7 @@ class _HttpxGate(Gate):
             return self.key(request.method, str(url))
         fast = self.flavour.fast_url
         if fast:
-            ref = url._uri_reference  # checked against the public API: Flavour.fast_url
-            scheme, host, port = ref.scheme, ref.host, ref.port
+            scheme, host, port, path = Flavour.private_url_parts(url)
         else:
             scheme, host, port, path = Flavour.public_url_parts(url)
         if self.by_host:
@@ -239,13 +254,27 @@ class _HttpxGate(Gate):
                     cache.clear()
                 cache[host] = [(scheme, port, key)]
             return key
-        if fast:
-            path = ref.path or "/"
         return from_parts(request.method, scheme, host, port, path)
 
     request_key = key_of  # what Gate.route_with asks, without a call more
 
     # -- responses ---------------------------------------------------------------
+
+    def settle_now(
+        self, breaker: CircuitBreaker, permit: int, request: Any, start: float, response: Any
+    ) -> Any:
+        """Settle a response whose body is in memory (``type(stream) is settles_now``)."""
+        status = response.status_code
+        if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
+            # settle_complete()'s plain closed success, inlined on the hottest path.
+            breaker.record(
+                permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+            )
+            state = "closed"
+        else:
+            state = settle_complete(self, breaker, permit, request, start, status, response.headers)
+        response.extensions[EXTENSION] = {"key": breaker.name, "state": state}
+        return response
 
     def watch(
         self,
@@ -262,11 +291,7 @@ class _HttpxGate(Gate):
         # left to wait on, so the outcome settles now.
         complete = isinstance(stream, self.flavour.ByteStream)
         if complete and self.lkg is None:
-            state = settle_complete(
-                self, breaker, permit, request, start, response.status_code, response.headers
-            )
-            response.extensions[EXTENSION] = {"key": breaker.name, "state": state}
-            return response
+            return self.settle_now(breaker, permit, request, start, response)
         outcome = Outcome(self, breaker, permit, request, start)
         response.extensions[EXTENSION] = outcome.extension()
         status = response.status_code
@@ -338,6 +363,10 @@ class _HttpxGate(Gate):
             # one never does, and reading it would raise RuntimeError.
             response.elapsed = _ZERO
         return response
+
+
+class _NoStream:
+    """A type no response stream is: :attr:`_HttpxGate.settles_now` when nothing settles now."""
 
 
 def _zero() -> Any:
@@ -557,7 +586,20 @@ class SyncTransport(_TransportBase[_F]):
     def handle_request(self, request: Any) -> Any:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        breaker = gate.route(request)
+        if gate.fast and not _options.in_use and EXTENSION not in request.extensions:
+            ref = request.url._uri_reference  # gate.route()'s hot path, inlined
+            hit = gate.routes.get(ref[2])
+            if (
+                hit is not None
+                and hit[3] == gate.registry.epoch
+                and hit[1] == ref[3]
+                and hit[0] == ref[0]
+            ):
+                breaker = hit[2]
+            else:
+                breaker = gate.route_origin(request, ref)
+        else:
+            breaker = gate.route(request)
         if breaker is None:
             return self.transport.handle_request(request)
         try:
@@ -578,16 +620,16 @@ class SyncTransport(_TransportBase[_F]):
         except BaseException:
             Outcome(gate, breaker, permit, request, start).cancelled()
             raise
-        if type(response.stream) is gate.flavour.ByteStream and gate.lkg is None:
-            # watch()'s first branch, inlined: a body already in memory settles
-            # now (a subclass of ByteStream, a rarity, goes to watch()).
-            response.extensions[EXTENSION] = {
-                "key": breaker.name,
-                "state": settle_complete(
-                    gate, breaker, permit, request, start, response.status_code, response.headers
-                ),
-            }
-            return response
+        if type(response.stream) is gate.settles_now:
+            status = response.status_code
+            if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
+                # settle_now()'s plain closed success, inlined on the hottest path.
+                breaker.record(
+                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                )
+                response.extensions[EXTENSION] = {"key": breaker.name, "state": "closed"}
+                return response
+            return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, False)
 
     def _short_circuit(self, request: Any, key: str, error: OpenTransportError) -> Any:
@@ -617,7 +659,20 @@ class AsyncTransport(_TransportBase[_F]):
     async def handle_async_request(self, request: Any) -> Any:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        breaker = gate.route(request)
+        if gate.fast and not _options.in_use and EXTENSION not in request.extensions:
+            ref = request.url._uri_reference  # gate.route()'s hot path, inlined
+            hit = gate.routes.get(ref[2])
+            if (
+                hit is not None
+                and hit[3] == gate.registry.epoch
+                and hit[1] == ref[3]
+                and hit[0] == ref[0]
+            ):
+                breaker = hit[2]
+            else:
+                breaker = gate.route_origin(request, ref)
+        else:
+            breaker = gate.route(request)
         if breaker is None:
             return await self.transport.handle_async_request(request)
         try:
@@ -637,6 +692,16 @@ class AsyncTransport(_TransportBase[_F]):
         except BaseException:
             Outcome(gate, breaker, permit, request, start).cancelled()
             raise
+        if type(response.stream) is gate.settles_now:
+            status = response.status_code
+            if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
+                # settle_now()'s plain closed success, inlined on the hottest path.
+                breaker.record(
+                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                )
+                response.extensions[EXTENSION] = {"key": breaker.name, "state": "closed"}
+                return response
+            return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, True)
 
     async def _short_circuit(self, request: Any, key: str, error: OpenTransportError) -> Any:

@@ -30,6 +30,15 @@ _current: ContextVar[RequestOptions | None] = ContextVar(
     "circuitbreaker_http.options", default=None
 )
 
+in_use = False
+"""Whether :func:`options` was ever entered in this process.
+
+Until it is, no context can hold options, so the hot paths skip the
+``ContextVar`` read (a sixth of what keying a request costs). It never turns
+back to ``False``: a task may carry a copied context with options set long
+after the block that set them has ended.
+"""
+
 
 @contextmanager
 def options(bypass: bool | None = None, key: str | None = None) -> Iterator[RequestOptions]:
@@ -56,6 +65,8 @@ def options(bypass: bool | None = None, key: str | None = None) -> Iterator[Requ
         bypass=outer.bypass if bypass is None else bypass,
         key=outer.key if key is None else key,
     )
+    global in_use
+    in_use = True  # before the set: a context copied after it must not be skipped
     token = _current.set(value)
     try:
         yield value
@@ -65,7 +76,7 @@ def options(bypass: bool | None = None, key: str | None = None) -> Iterator[Requ
 
 def current_options() -> RequestOptions | None:
     """The options in force in this context, or ``None`` outside any :func:`options` block."""
-    return _current.get()
+    return _current.get() if in_use else None
 
 
 def request_options(extension: object) -> RequestOptions | None:

@@ -43,8 +43,7 @@ from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
 from ._keys import HostKey, split_key
-from ._options import EXTENSION, RequestOptions, request_options
-from ._options import _current as _current_options
+from ._options import EXTENSION, RequestOptions, current_options, request_options
 from ._policy import parse_retry_after
 from ._registry import BreakerRegistry, compile_rules
 
@@ -754,7 +753,7 @@ class Gate:
     def options(extension: object = None) -> RequestOptions | None:
         """The per-request options in force: a request's extension, else ``options()``."""
         if extension is None:
-            return _current_options.get()
+            return current_options()
         return request_options(extension)
 
     def request_key(self, request: Any) -> str | None:

@@ -80,7 +80,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
         'pip install "circuitbreaker-http[aiohttp]"'
     ) from exc
 
-from . import _clock
+from . import _clock, _options
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig
 from ._errors import CircuitOpenError
@@ -88,6 +88,7 @@ from ._fallback import FallbackFor, FallbackResponse
 from ._info import BreakerInfo, read_info
 from ._keys import KeyFunc
 from ._options import _current as _current_options
+from ._options import current_options
 from ._outcome import ErrorKinds, Gate, Outcome, check_fallback, settle_complete
 from ._policy import fallback_headers
 from ._registry import BreakerRegistry, registry_from
@@ -481,7 +482,7 @@ class _AiohttpGate(Gate):
 
     def route(self, request: ClientRequest) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
-        return self.route_with(_current_options.get(), request)
+        return self.route_with(current_options(), request)
 
     def route_origin(self, request: ClientRequest) -> CircuitBreaker | None:
         """:meth:`route` without options, by host: look the origin's breaker up and keep it."""
@@ -708,7 +709,7 @@ class CircuitBreakerMiddleware:
     async def __call__(self, request: ClientRequest, handler: Handler) -> ClientResponse:
         """Send ``request`` through its breaker (aiohttp calls this, once per redirect hop)."""
         gate = self._gate
-        if gate.by_host and _current_options.get() is None:
+        if gate.by_host and (not _options.in_use or _current_options.get() is None):
             # route(), inlined on the hot path: the breaker of an origin seen
             # before, found from the URL parts aiohttp has read (and yarl has
             # cached) already, without a key or a registry lookup.

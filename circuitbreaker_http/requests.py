@@ -125,7 +125,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the bare-import te
         'pip install "circuitbreaker-http[requests]"'
     ) from exc
 
-from . import _clock
+from . import _clock, _options
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
@@ -729,7 +729,7 @@ class _RequestsGate(Gate):
 
     def route(self, request: requests.PreparedRequest) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
-        opts = _current_options.get()
+        opts = _current_options.get() if _options.in_use else None
         if opts is None and self.by_host:
             # The hot path, inlined: an origin seen before. A cached origin of
             # http(s) is at least "http://h", so its path starts at index 8 or

@@ -7,6 +7,7 @@ flavour.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 
@@ -410,6 +411,21 @@ def test_options_follow_each_thread_and_task_context(flavour: Flavour) -> None:
         thread.join()
         assert client.get("/").status_code == 200
     assert results == ["refused"]
+
+
+def test_options_outlive_their_block_in_a_context_copied_inside_it(flavour: Flavour) -> None:
+    # The transports skip the options' ContextVar until options() is first
+    # entered; a context copied inside a block must keep its options after the
+    # block ends (a task created there), so that shortcut never turns back off.
+    hx = flavour.hx
+    client, registry = make_client(flavour, Upstream(hx))
+    registry.get(KEY).force_open()
+    with client:
+        with options(bypass=True):
+            copied = contextvars.copy_context()
+        with pytest.raises(CircuitOpenError):
+            client.get("/")
+        assert copied.run(client.get, "/").status_code == 200
 
 
 def test_response_extension_reports_key_and_state(flavour: Flavour) -> None:
