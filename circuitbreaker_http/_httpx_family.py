@@ -19,7 +19,9 @@ from . import _clock, _options
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
+from ._info import Marks, closed_marks
 from ._keys import KeyFunc
+from ._options import _current as _current_options
 from ._options import current_options, request_options
 from ._outcome import (
     EXTENSION,
@@ -176,10 +178,13 @@ class _HttpxGate(Gate):
         self.flavour = flavour
         # host -> [(scheme, port, key)]: found without building a tuple per request.
         self._key_cache: dict[str, list[tuple[str, int | None, str | None]]] = {}
-        #: host -> (scheme, port, breaker or None, registry epoch): the breaker
-        #: of the host's latest origin, used again without registry.get() while
-        #: the registry's epoch is the one read before that get().
-        self.routes: dict[str, tuple[str, int | None, CircuitBreaker | None, int]] = {}
+        #: host -> (scheme, port, breaker or None, registry epoch, closed marks):
+        #: the breaker of the host's latest origin, used again without
+        #: registry.get() while the registry's epoch is the one read before that
+        #: get(), and the :class:`Marks` its responses let through closed share.
+        self.routes: dict[
+            str, tuple[str, int | None, CircuitBreaker | None, int, Marks | None]
+        ] = {}
         #: Whether :meth:`route`'s hot path applies: keys by host, URLs read by position.
         self.fast = self.by_host and flavour.fast_url
         #: The stream type of a response that :meth:`settle_now` can settle
@@ -192,7 +197,11 @@ class _HttpxGate(Gate):
 
         The transports inline its first branch (see :meth:`route_origin`).
         """
-        if self.fast and not _options.in_use and EXTENSION not in request.extensions:
+        if (
+            self.fast
+            and EXTENSION not in request.extensions
+            and (not _options.in_use or _current_options.get() is None)
+        ):
             ref = request.url._uri_reference
             hit = self.routes.get(ref[2])
             if (
@@ -223,7 +232,8 @@ class _HttpxGate(Gate):
         routes = self.routes
         if len(routes) >= _KEY_CACHE_HOSTS:
             routes.clear()  # rotating hosts must not grow memory
-        routes[ref[2]] = (ref[0], ref[3], breaker, epoch)
+        mark = None if breaker is None else closed_marks(breaker)
+        routes[ref[2]] = (ref[0], ref[3], breaker, epoch, mark)
         return breaker
 
     def key_of(self, request: Any) -> str | None:
@@ -273,7 +283,7 @@ class _HttpxGate(Gate):
             state = "closed"
         else:
             state = settle_complete(self, breaker, permit, request, start, status, response.headers)
-        response.extensions[EXTENSION] = {"key": breaker.name, "state": state}
+        response.extensions[EXTENSION] = Marks(key=breaker.name, state=state)
         return response
 
     def watch(
@@ -586,7 +596,11 @@ class SyncTransport(_TransportBase[_F]):
     def handle_request(self, request: Any) -> Any:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        if gate.fast and not _options.in_use and EXTENSION not in request.extensions:
+        if (
+            gate.fast
+            and EXTENSION not in request.extensions
+            and (not _options.in_use or _current_options.get() is None)
+        ):
             ref = request.url._uri_reference  # gate.route()'s hot path, inlined
             hit = gate.routes.get(ref[2])
             if (
@@ -596,10 +610,13 @@ class SyncTransport(_TransportBase[_F]):
                 and hit[0] == ref[0]
             ):
                 breaker = hit[2]
+                mark = hit[4]
             else:
                 breaker = gate.route_origin(request, ref)
+                mark = None
         else:
             breaker = gate.route(request)
+            mark = None
         if breaker is None:
             return self.transport.handle_request(request)
         try:
@@ -627,7 +644,7 @@ class SyncTransport(_TransportBase[_F]):
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
-                response.extensions[EXTENSION] = {"key": breaker.name, "state": "closed"}
+                response.extensions[EXTENSION] = mark or closed_marks(breaker)
                 return response
             return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, False)
@@ -659,7 +676,11 @@ class AsyncTransport(_TransportBase[_F]):
     async def handle_async_request(self, request: Any) -> Any:
         """Send ``request`` through its breaker (httpx calls this)."""
         gate = self._gate
-        if gate.fast and not _options.in_use and EXTENSION not in request.extensions:
+        if (
+            gate.fast
+            and EXTENSION not in request.extensions
+            and (not _options.in_use or _current_options.get() is None)
+        ):
             ref = request.url._uri_reference  # gate.route()'s hot path, inlined
             hit = gate.routes.get(ref[2])
             if (
@@ -669,10 +690,13 @@ class AsyncTransport(_TransportBase[_F]):
                 and hit[0] == ref[0]
             ):
                 breaker = hit[2]
+                mark = hit[4]
             else:
                 breaker = gate.route_origin(request, ref)
+                mark = None
         else:
             breaker = gate.route(request)
+            mark = None
         if breaker is None:
             return await self.transport.handle_async_request(request)
         try:
@@ -699,7 +723,7 @@ class AsyncTransport(_TransportBase[_F]):
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
-                response.extensions[EXTENSION] = {"key": breaker.name, "state": "closed"}
+                response.extensions[EXTENSION] = mark or closed_marks(breaker)
                 return response
             return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, True)

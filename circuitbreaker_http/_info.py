@@ -9,12 +9,17 @@ reads it back as a :class:`BreakerInfo`, so user code needs no ``Any`` and no
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict, cast
+from typing import Any, Literal, NoReturn, Protocol, TypedDict, cast
 
-__all__ = ["BreakerInfo", "StateName", "read_info"]
+__all__ = ["BreakerInfo", "Marks", "StateName", "closed_marks", "read_info"]
 
 StateName = Literal["closed", "half_open", "open", "forced_open", "disabled"]
 """A :class:`~circuitbreaker_http.CircuitState` as its string value."""
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
 
 
 class _FallbackMarks(TypedDict, total=False):
@@ -28,7 +33,9 @@ class _FallbackMarks(TypedDict, total=False):
 class BreakerInfo(_FallbackMarks):
     """The breaker marks of one response: what ``breaker_info(response)`` returns.
 
-    A plain ``dict`` at run time: the very one the response carries.
+    A read-only ``dict`` at run time (a :class:`Marks`): the very one the
+    response carries, shared by the responses one breaker let through closed.
+    To change it, change a copy: ``dict(info)``.
 
     Attributes:
         key: The key of the breaker the request went through (its ``name``),
@@ -43,6 +50,43 @@ class BreakerInfo(_FallbackMarks):
 
     key: str
     state: StateName
+
+
+class Marks(dict[str, Any]):
+    """The breaker marks a response carries: a ``dict`` that refuses changes.
+
+    Every response one breaker lets through closed carries the same one (no
+    mapping is built per request on the hot path), so a change would show on
+    all of them: every change raises ``TypeError`` instead. A copy
+    (``dict(marks)``, ``copy.copy(marks)``, a pickle round trip) is a plain,
+    changeable ``dict``.
+    """
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            "a response's circuit_breaker marks are read-only (shared by responses alike): "
+            "change a copy, dict(marks)"
+        )
+
+    __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return dict(self)  # the values are strings and booleans
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return (dict, (dict(self),))
+
+
+def closed_marks(breaker: _Named) -> Marks:
+    """The marks of a response ``breaker`` let through closed (cache it: it never changes)."""
+    return Marks(key=breaker.name, state="closed")
 
 
 def read_info(value: object) -> BreakerInfo | None:

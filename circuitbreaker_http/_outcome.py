@@ -42,6 +42,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
+from ._info import Marks
 from ._keys import HostKey, split_key
 from ._options import EXTENSION, RequestOptions, current_options, request_options
 from ._policy import parse_retry_after
@@ -344,7 +345,7 @@ class Outcome:
         """Whether the outcome has been settled (or there was nothing to settle)."""
         return not self._live or not self._live[0]
 
-    def extension(self) -> dict[str, Any]:
+    def extension(self) -> Marks:
         """The ``circuit_breaker`` mapping a response carries: its key and admission state."""
         state = self.state
         # Plain strings, by identity: hashing an enum member runs Python code.
@@ -354,7 +355,7 @@ class Outcome:
             name = "half_open"
         else:
             name = unrecorded_state(self.breaker)
-        return {"key": self.breaker.name, "state": name}
+        return Marks(key=self.breaker.name, state=name)
 
     def _describe(self) -> tuple[str, str]:
         return self.gate.describe(self.request)
@@ -879,16 +880,14 @@ class Gate:
         return FallbackPlan(call=fallback)
 
     @staticmethod
-    def fallback_extension(
-        key: str, error: CircuitOpenError, marks: object, stale: bool
-    ) -> dict[str, Any]:
+    def fallback_extension(key: str, error: CircuitOpenError, marks: object, stale: bool) -> Marks:
         """The ``circuit_breaker`` mapping of a fallback's response."""
         extension: dict[str, Any] = {"key": key, "state": error.state.value, "fallback": True}
         if stale:
             extension["stale"] = True
         if isinstance(marks, Mapping):
             extension.update(marks)
-        return extension
+        return Marks(extension)
 
 
 def _joined(pairs: list[tuple[str, str]]) -> HeaderGetter:

@@ -74,6 +74,7 @@ try:
     from aiohttp.helpers import TimerNoop
     from aiohttp.http_exceptions import HttpProcessingError
     from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
 except ImportError as exc:  # pragma: no cover - exercised by the bare-import test
     raise ImportError(
         "circuitbreaker_http.aiohttp needs aiohttp 3.12 or later: "
@@ -85,7 +86,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig
 from ._errors import CircuitOpenError
 from ._fallback import FallbackFor, FallbackResponse
-from ._info import BreakerInfo, read_info
+from ._info import BreakerInfo, Marks, closed_marks, read_info
 from ._keys import KeyFunc
 from ._options import _current as _current_options
 from ._options import current_options
@@ -116,6 +117,80 @@ Handler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 
 ATTRIBUTE = "circuit_breaker"
 """The attribute of a response that holds :func:`breaker_info`'s mapping."""
+
+
+def url_origin(url: URL) -> tuple[str, str]:
+    """The scheme and netloc of a yarl ``URL``, from the slots yarl parses them into.
+
+    ``url.scheme`` and ``url.raw_authority`` give the same through yarl's
+    cached properties at four times the cost; yarl has no cheaper public way.
+    The middleware's hot path reads these slots itself; :data:`_YARL_PARTS`
+    says whether they agree with the public API in the yarl at hand (else
+    the hot path is off), and a test fails loudly when yarl changes them.
+    """
+    return url._scheme, url._netloc
+
+
+def _yarl_parts_agree() -> bool:
+    try:
+        for text in (
+            "HTTP://u:p@B\u00fccher.Example:8080/x?q=1#f",
+            "https://[::1]:8443/",
+            "http://h",
+        ):
+            url = URL(text)
+            if url_origin(url) != (url.scheme, url.raw_authority):
+                return False
+    except Exception:
+        return False
+    return True
+
+
+_YARL_PARTS = _yarl_parts_agree()
+
+
+class _QuietProtocol:
+    def pause_reading(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def resume_reading(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def reader_settled(content: StreamReader) -> bool:
+    """Whether ``content`` holds the whole body already: at its end, without an error.
+
+    ``content.is_eof() and content.exception() is None``, read from the
+    slots those methods return (``_eof``, ``_exception``) at a third of the
+    cost of the two calls. The middleware's hot path reads the slots itself
+    when :data:`_READER_SLOTS` says they agree with the methods in the
+    aiohttp at hand, for a plain ``StreamReader`` (else it calls the
+    methods); a test fails loudly when aiohttp changes them.
+    """
+    return content._eof and content._exception is None
+
+
+def _reader_slots_agree() -> bool:
+    try:
+        protocol: Any = _QuietProtocol()
+        ended = StreamReader(protocol, 2**16, loop=protocol)
+        ended.feed_data(b"x")
+        ended.feed_eof()
+        failed = StreamReader(protocol, 2**16, loop=protocol)
+        failed.set_exception(ValueError("x"))
+        fresh = StreamReader(protocol, 2**16, loop=protocol)
+        return all(
+            reader_settled(reader) is (reader.is_eof() and reader.exception() is None)
+            for reader in (ended, failed, fresh)
+        ) and reader_settled(ended)
+    except Exception:
+        return False
+
+
+_READER_SLOTS = _reader_slots_agree()
+# The reader type whose slots the hot path reads (a subclass, an empty or a
+# watched body calls the methods), or None when the slots do not agree.
+_SLOTTED_READER = StreamReader if _READER_SLOTS else None
 
 
 def _malformed(exc: BaseException) -> bool | None:
@@ -461,7 +536,7 @@ _pass_through(_WatchedBody)
 class _AiohttpGate(Gate):
     """Keys, outcomes and fallbacks of one middleware: aiohttp objects in, plain values out."""
 
-    __slots__ = ("_origins", "_routes")
+    __slots__ = ("_origins", "fast", "routes")
 
     def __init__(
         self,
@@ -473,28 +548,37 @@ class _AiohttpGate(Gate):
         # authority ("host:port" as in the URL) -> [(scheme, key)]: an origin's
         # key found from two of yarl's parts, without a tuple per request.
         self._origins: dict[str, list[tuple[str, str | None]]] = {}
-        # raw host -> (scheme, port, breaker or None, registry epoch): the breaker
-        # of the host's latest origin, used again without a key or registry.get()
-        # while the registry's epoch is the one read before that get() (see
-        # BreakerRegistry.epoch). by_host keys on scheme, host and port only, so
-        # these three parts decide the breaker; aiohttp has read them already.
-        self._routes: dict[str | None, tuple[str, int | None, CircuitBreaker | None, int]] = {}
+        #: netloc -> (scheme, breaker or None, registry epoch, closed marks):
+        #: the breaker of the netloc's latest origin, used again without a key
+        #: or registry.get() while the registry's epoch is the one read before
+        #: that get() (see BreakerRegistry.epoch), and the :class:`Marks` its
+        #: responses let through closed share. by_host keys on scheme, host and
+        #: port, which scheme and netloc decide.
+        self.routes: dict[str, tuple[str, CircuitBreaker | None, int, Marks | None]] = {}
+        #: Whether the middleware's hot path applies: keys by host, and yarl's
+        #: URL parts as :func:`url_origin` reads them.
+        self.fast = self.by_host and _YARL_PARTS
 
     def route(self, request: ClientRequest) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass."""
         return self.route_with(current_options(), request)
 
     def route_origin(self, request: ClientRequest) -> CircuitBreaker | None:
-        """:meth:`route` without options, by host: look the origin's breaker up and keep it."""
+        """:meth:`route` without options, by host: look the origin's breaker up and keep it.
+
+        The middleware's hot path then finds it in :attr:`routes` by the URL's
+        scheme and netloc (see :func:`url_origin`).
+        """
         registry = self.registry
         epoch = registry.epoch  # before get(): a drop after it changes the epoch again
         key = self.key_of(request)
         breaker = None if key is None else registry.get(key)
-        url = request.url
-        routes = self._routes
+        scheme, netloc = url_origin(request.url)
+        routes = self.routes
         if len(routes) >= _ORIGINS_MAX:
             routes.clear()  # rotating hosts must not grow memory
-        routes[url.raw_host] = (url.scheme, url.port, breaker, epoch)
+        mark = None if breaker is None else closed_marks(breaker)
+        routes[netloc] = (scheme, breaker, epoch, mark)
         return breaker
 
     def key_of(self, request: ClientRequest) -> str | None:
@@ -557,7 +641,7 @@ class _AiohttpGate(Gate):
         if self.lkg is None and content.is_eof() and content.exception() is None:
             # The body is in memory already: nothing is left to wait on.
             state = settle_complete(self, breaker, permit, request, start, status, headers)
-            setattr(response, ATTRIBUTE, {"key": breaker.name, "state": state})
+            setattr(response, ATTRIBUTE, Marks(key=breaker.name, state=state))
             return response
         outcome = Outcome(self, breaker, permit, (request.method, request.url), start)
         setattr(response, ATTRIBUTE, outcome.extension())
@@ -709,23 +793,21 @@ class CircuitBreakerMiddleware:
     async def __call__(self, request: ClientRequest, handler: Handler) -> ClientResponse:
         """Send ``request`` through its breaker (aiohttp calls this, once per redirect hop)."""
         gate = self._gate
-        if gate.by_host and (not _options.in_use or _current_options.get() is None):
+        if gate.fast and (not _options.in_use or _current_options.get() is None):
             # route(), inlined on the hot path: the breaker of an origin seen
-            # before, found from the URL parts aiohttp has read (and yarl has
-            # cached) already, without a key or a registry lookup.
+            # before, found from the URL parts yarl has parsed already, without
+            # a key or a registry lookup (the reads of url_origin(), inlined).
             url = request.url
-            hit = gate._routes.get(url.raw_host)
-            if (
-                hit is not None
-                and hit[3] == gate.registry.epoch
-                and hit[1] == url.port
-                and hit[0] == url.scheme
-            ):
-                breaker = hit[2]
+            hit = gate.routes.get(url._netloc)
+            if hit is not None and hit[2] == gate.registry.epoch and hit[0] == url._scheme:
+                breaker = hit[1]
+                mark = hit[3]
             else:
                 breaker = gate.route_origin(request)
+                mark = None
         else:
             breaker = gate.route(request)
+            mark = None
         if breaker is None:
             return await handler(request)
         try:
@@ -751,12 +833,22 @@ class CircuitBreakerMiddleware:
                 outcome.cancelled()
             raise
         content = response.content
-        if gate.lkg is None and content.is_eof() and content.exception() is None:
+        if gate.lkg is None and (
+            content._eof and content._exception is None  # reader_settled(), inlined
+            if type(content) is _SLOTTED_READER
+            else content.is_eof() and content.exception() is None
+        ):
             # watch()'s first branch, inlined: a body in memory already settles now.
-            state = settle_complete(
-                gate, breaker, permit, request, start, response.status, response.headers
-            )
-            setattr(response, ATTRIBUTE, {"key": breaker.name, "state": state})
+            status = response.status
+            if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
+                # settle_complete()'s plain closed success, inlined.
+                breaker.record(
+                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                )
+                response.circuit_breaker = mark or closed_marks(breaker)  # type: ignore[attr-defined]
+                return response
+            state = settle_complete(gate, breaker, permit, request, start, status, response.headers)
+            setattr(response, ATTRIBUTE, Marks(key=breaker.name, state=state))
             return response
         return gate.watch(breaker, permit, request, start, response)
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from aio_support import COUNT_ONLY, ScriptedServer, head, registry_for, session_for, snap
 from multidict import CIMultiDict
 
+import circuitbreaker_http.aiohttp as aiohttp_module
 from circuitbreaker_http.aiohttp import (
     BUILT_ON_READS,
     WATCHED_READS,
@@ -25,6 +27,8 @@ from circuitbreaker_http.aiohttp import (
     _synthetic_response,
     _total_timeout_fired,
     _WatchedBody,
+    reader_settled,
+    url_origin,
 )
 from circuitbreaker_http.testing._server import FlakyServer
 
@@ -249,3 +253,41 @@ async def test_a_synthetic_response_behaves_like_one_off_the_wire() -> None:
         assert response.closed
         await response.wait_for_close()
         assert captured[0].method == "GET"
+
+
+# -- url_origin and reader_settled: the hot path's slot reads ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1:8080/a?b=1",
+        "HTTPS://User:Pw@B\u00fccher.Example/x",
+        "http://[::1]:81/",
+        "http://h",
+    ],
+)
+def test_url_origin_reads_what_yarls_public_api_gives(text: str) -> None:
+    url = yarl.URL(text)
+    assert url_origin(url) == (url.scheme, url.raw_authority), (
+        "yarl changed URL._scheme/_netloc: revisit circuitbreaker_http.aiohttp.url_origin"
+    )
+    assert aiohttp_module._YARL_PARTS, "the middleware's hot path is off: see url_origin"
+
+
+async def test_reader_settled_reads_what_the_reader_methods_give(
+    flaky_server: FlakyServer,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(flaky_server.url + "/") as small,
+    ):
+        in_memory = small.content
+        assert reader_settled(in_memory) is True
+        assert in_memory.is_eof() and in_memory.exception() is None
+        in_memory.set_exception(ValueError("cut"))
+        assert reader_settled(in_memory) is False and in_memory.exception() is not None
+    assert aiohttp_module._READER_SLOTS, (
+        "aiohttp changed StreamReader._eof/_exception: revisit "
+        "circuitbreaker_http.aiohttp.reader_settled"
+    )

@@ -10,6 +10,8 @@ request went through no breaker.
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -185,6 +187,35 @@ def test_a_fallbacks_response_says_so(fetch: Fetch, flaky_server: FlakyServer) -
     )
     assert "stale" not in info
     assert flaky_server.requests == 0
+
+
+def test_marks_are_read_only_and_their_copies_are_plain_dicts(
+    fetch: Fetch, flaky_server: FlakyServer
+) -> None:
+    # Responses one breaker lets through closed share their marks: a change
+    # would show on all of them, so every kind of mark refuses changes alike.
+    clock = ManualClock()
+    registry = BreakerRegistry(
+        BreakerConfig(consecutive_failures=1, open_duration=10.0), clock=clock
+    )
+    marks = [fetch(flaky_server.url + "/", registry, None)[1]]
+    marks.append(fetch(flaky_server.url + "/status/503", registry, None)[1])  # trips it
+    marks.append(fetch(flaky_server.url + "/", registry, FallbackResponse(503))[1])
+    clock.advance(10.0)
+    marks.append(fetch(flaky_server.url + "/", registry, None)[1])  # the trial
+    assert [m["state"] for m in marks] == ["closed", "closed", "open", "half_open"]  # type: ignore[index]
+    for mark in marks:
+        assert isinstance(mark, dict)
+        with pytest.raises(TypeError, match="read-only"):
+            mark["state"] = "closed"
+        with pytest.raises(TypeError, match="read-only"):
+            mark.update(key="other")
+        with pytest.raises(TypeError, match="read-only"):
+            mark.pop("key")
+        copied = dict(mark)
+        copied["note"] = "mine"
+        assert type(copy.copy(mark)) is dict and type(pickle.loads(pickle.dumps(mark))) is dict
+        assert "note" not in mark and copied["key"] == flaky_server.url
 
 
 def test_no_breaker_no_info(fetch: Fetch, flaky_server: FlakyServer) -> None:

@@ -446,6 +446,21 @@ def test_response_extension_reports_key_and_state(flavour: Flavour) -> None:
         assert snap(registry).calls == 0
 
 
+def test_closed_responses_of_one_origin_share_read_only_marks(flavour: Flavour) -> None:
+    client, _ = make_client(flavour, Upstream(flavour.hx))
+    with options(key="elsewhere"):
+        pass  # once options() was used, a request outside any block keeps the hot path
+    with client:
+        marks = [client.get("/").extensions["circuit_breaker"] for _ in range(4)]
+    # The first requests of an origin find its breaker the long way (making
+    # the breaker moves the registry's epoch on once); later ones share the
+    # mark kept beside it, which refuses changes.
+    assert marks[2] is marks[3]
+    assert marks[0] == marks[3] == {"key": KEY, "state": "closed"}
+    with pytest.raises(TypeError, match="read-only"):
+        marks[3]["state"] = "half_open"
+
+
 @pytest.mark.anyio
 async def test_async_per_request_control(flavour: Flavour) -> None:
     hx = flavour.hx
