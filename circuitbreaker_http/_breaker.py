@@ -972,18 +972,13 @@ class CircuitBreaker:
                         if self._on_rejected or now >= self._debug_after:
                             self._rejection_seen(_OPEN, core.open_until - now, now, True)
                         raise CircuitOpenError(
-                            self.name,
-                            _OPEN,
-                            core.open_until - now,
-                            last_failure=core.last_failure,
+                            self.name, _OPEN, core.open_until - now, None, core.last_failure
                         )
                 elif state is _FORCED_OPEN and self.enforce:
                     self._rejected += 1
                     if self._on_rejected or logger.isEnabledFor(logging.DEBUG):
                         self._rejection_seen(_FORCED_OPEN, None, None, True)
-                    raise CircuitOpenError(
-                        self.name, _FORCED_OPEN, None, last_failure=core.last_failure
-                    )
+                    raise CircuitOpenError(self.name, _FORCED_OPEN, None, None, core.last_failure)
             return self._call_other(permit, fn, args, kwargs)
         me = self._local.__dict__  # this thread's token
         if mark is None:
@@ -1504,7 +1499,8 @@ class CircuitBreaker:
             self._rejected += 1
             if self._on_rejected or now >= self._debug_after:
                 self._rejection_seen(state, retry_after, now, True)
-            raise error(self.name, state, retry_after, last_failure=self._core.last_failure)
+            # By position: every CircuitOpenError takes last_failure fifth.
+            raise error(self.name, state, retry_after, None, self._core.last_failure)
         self._shadow_rejected += 1
         if self._on_rejected or now >= self._debug_after:
             self._rejection_seen(state, retry_after, now, False)

@@ -506,15 +506,13 @@ class OpenTransportError(CircuitOpenError):
         state: CircuitState,
         retry_after: float | None = None,
         message: str | None = None,
+        last_failure: str | None = None,
         *,
         request: Any = None,
-        last_failure: str | None = None,
     ) -> None:
         # Skips httpx's __init__, which would format the message on every
         # rejection; ``.request`` goes through httpx's public setter instead.
-        CircuitOpenError.__init__(
-            self, name, state, retry_after, message, last_failure=last_failure
-        )
+        CircuitOpenError.__init__(self, name, state, retry_after, message, last_failure)
         # httpx's ``.request`` getter reads ``_request``; its type is the flavour's.
         self.__dict__["_request"] = None
         if request is not None:

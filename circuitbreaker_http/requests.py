@@ -210,15 +210,13 @@ class CircuitOpenRequestsError(CircuitOpenError, requests.exceptions.ConnectionE
         state: CircuitState,
         retry_after: float | None = None,
         message: str | None = None,
+        last_failure: str | None = None,
         *,
         request: requests.PreparedRequest | None = None,
-        last_failure: str | None = None,
     ) -> None:
         # Skips RequestException.__init__, which would format the message on
         # every rejection; it only sets these two.
-        CircuitOpenError.__init__(
-            self, name, state, retry_after, message, last_failure=last_failure
-        )
+        CircuitOpenError.__init__(self, name, state, retry_after, message, last_failure)
         self.request = request
         self.response = None
 

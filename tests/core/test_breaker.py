@@ -232,6 +232,25 @@ def test_circuit_open_error_subclass_pickles_with_its_message() -> None:
     assert (copy.name, copy.state, copy.retry_after) == ("api", OPEN, 1.0)
 
 
+def test_circuit_open_error_takes_last_failure_by_position_or_keyword() -> None:
+    # The breaker passes it fifth, by position (a keyword costs a third of a
+    # rejection); users may name it.
+    by_position = CircuitOpenError("api", OPEN, 1.0, None, "503")
+    by_keyword = CircuitOpenError("api", OPEN, 1.0, last_failure="503")
+    for error in (by_position, by_keyword, pickle.loads(pickle.dumps(by_position))):
+        assert (error.name, error.retry_after, error.last_failure) == ("api", 1.0, "503")
+    assert CircuitOpenError("api", OPEN).last_failure is None
+
+
+def test_a_rejection_carries_the_last_failure() -> None:
+    clock = ManualClock()
+    b = tripped(clock)
+    with pytest.raises(CircuitOpenError) as info:
+        b.call(lambda: None)
+    assert info.value.last_failure is not None
+    assert info.value.last_failure == b.snapshot().last_failure
+
+
 def test_half_open_with_all_slots_taken() -> None:
     clock = ManualClock()
     b = tripped(clock, half_open_max_calls=1)
