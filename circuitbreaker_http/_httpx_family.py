@@ -19,7 +19,7 @@ from . import _clock, _options
 from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CircuitState
 from ._errors import CircuitOpenError
-from ._info import Marks, closed_marks
+from ._info import Marks
 from ._keys import KeyFunc
 from ._options import _current as _current_options
 from ._options import current_options, request_options
@@ -232,7 +232,7 @@ class _HttpxGate(Gate):
         routes = self.routes
         if len(routes) >= _KEY_CACHE_HOSTS:
             routes.clear()  # rotating hosts must not grow memory
-        mark = None if breaker is None else closed_marks(breaker)
+        mark = None if breaker is None else self.closed_marks(breaker)
         routes[ref[2]] = (ref[0], ref[3], breaker, epoch, mark)
         return breaker
 
@@ -642,7 +642,7 @@ class SyncTransport(_TransportBase[_F]):
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
-                response.extensions[EXTENSION] = mark or closed_marks(breaker)
+                response.extensions[EXTENSION] = mark or gate.closed_marks(breaker)
                 return response
             return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, False)
@@ -721,7 +721,7 @@ class AsyncTransport(_TransportBase[_F]):
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
-                response.extensions[EXTENSION] = mark or closed_marks(breaker)
+                response.extensions[EXTENSION] = mark or gate.closed_marks(breaker)
                 return response
             return gate.settle_now(breaker, permit, request, start, response)
         return gate.watch(breaker, permit, request, start, response, True)

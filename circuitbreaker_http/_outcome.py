@@ -42,7 +42,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
-from ._info import Marks
+from ._info import Marks, closed_marks
 from ._keys import HostKey, split_key
 from ._options import EXTENSION, RequestOptions, current_options, request_options
 from ._policy import parse_retry_after
@@ -63,6 +63,8 @@ __all__ = [
     "unrecorded_state",
     "verdict",
 ]
+
+_CLOSED_MARKS_MAX = 4096  # breakers whose closed Marks a gate keeps
 
 HeaderGetter = Callable[[str], "str | None"]
 """``headers.get``: a case-insensitive lookup of one header's value."""
@@ -350,11 +352,8 @@ class Outcome:
         state = self.state
         # Plain strings, by identity: hashing an enum member runs Python code.
         if state is _CLOSED:
-            name = "closed"
-        elif state is _HALF_OPEN:
-            name = "half_open"
-        else:
-            name = unrecorded_state(self.breaker)
+            return self.gate.closed_marks(self.breaker)
+        name = "half_open" if state is _HALF_OPEN else unrecorded_state(self.breaker)
         return Marks(key=self.breaker.name, state=name)
 
     def _describe(self) -> tuple[str, str]:
@@ -715,6 +714,7 @@ class Gate:
     """
 
     __slots__ = (
+        "_closed_marks",
         "by_host",
         "describe",
         "fallback",
@@ -749,6 +749,17 @@ class Gate:
             registry.key, "from_parts", None
         )
         self.by_host = isinstance(registry.key, HostKey)
+        # breaker -> the Marks its responses let through closed share.
+        self._closed_marks: dict[CircuitBreaker, Marks] = {}
+
+    def closed_marks(self, breaker: CircuitBreaker) -> Marks:
+        """The :class:`Marks` every response ``breaker`` lets through closed shares."""
+        marks = self._closed_marks.get(breaker)
+        if marks is None:
+            if len(self._closed_marks) >= _CLOSED_MARKS_MAX:
+                self._closed_marks.clear()  # rotating keys must not grow memory
+            marks = self._closed_marks[breaker] = closed_marks(breaker)
+        return marks
 
     @staticmethod
     def options(extension: object = None) -> RequestOptions | None:

@@ -86,7 +86,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig
 from ._errors import CircuitOpenError
 from ._fallback import FallbackFor, FallbackResponse
-from ._info import BreakerInfo, Marks, closed_marks, read_info
+from ._info import BreakerInfo, Marks, read_info
 from ._keys import KeyFunc
 from ._options import _current as _current_options
 from ._options import current_options
@@ -577,7 +577,7 @@ class _AiohttpGate(Gate):
         routes = self.routes
         if len(routes) >= _ORIGINS_MAX:
             routes.clear()  # rotating hosts must not grow memory
-        mark = None if breaker is None else closed_marks(breaker)
+        mark = None if breaker is None else self.closed_marks(breaker)
         routes[netloc] = (scheme, breaker, epoch, mark)
         return breaker
 
@@ -845,7 +845,7 @@ class CircuitBreakerMiddleware:
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
-                response.circuit_breaker = mark or closed_marks(breaker)  # type: ignore[attr-defined]
+                response.circuit_breaker = mark or gate.closed_marks(breaker)  # type: ignore[attr-defined]
                 return response
             state = settle_complete(gate, breaker, permit, request, start, status, response.headers)
             setattr(response, ATTRIBUTE, Marks(key=breaker.name, state=state))
