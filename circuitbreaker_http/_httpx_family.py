@@ -189,8 +189,9 @@ class _HttpxGate(Gate):
         self.fast = self.by_host and flavour.fast_url
         #: The stream type of a response that :meth:`settle_now` can settle
         #: (a body already in memory, when Last-Known-Good keeps no copy of
-        #: it), else a type no stream is; a subclass, a rarity, goes to watch().
-        self.settles_now: type = flavour.ByteStream if self.lkg is None else _NoStream
+        #: it), else ``None``, which no stream's type is; a subclass, a
+        #: rarity, goes to watch().
+        self.settles_now: type | None = flavour.ByteStream if self.lkg is None else None
 
     def route(self, request: Any) -> CircuitBreaker | None:
         """The breaker for ``request`` (its ``.name`` is the key), or ``None`` to bypass.
@@ -212,6 +213,10 @@ class _HttpxGate(Gate):
             ):
                 return hit[2]
             return self.route_origin(request, ref)
+        return self.route_options(request)
+
+    def route_options(self, request: Any) -> CircuitBreaker | None:
+        """:meth:`route` past its origin cache: under per-request options, or not by host."""
         extension = request.extensions.get(EXTENSION)
         opts = request_options(extension) if extension is not None else current_options()
         return self.route_with(opts, request)
@@ -273,17 +278,15 @@ class _HttpxGate(Gate):
     def settle_now(
         self, breaker: CircuitBreaker, permit: int, request: Any, start: float, response: Any
     ) -> Any:
-        """Settle a response whose body is in memory (``type(stream) is settles_now``)."""
-        status = response.status_code
-        if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
-            # settle_complete()'s plain closed success, inlined on the hottest path.
-            breaker.record(
-                permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
-            )
-            state = "closed"
-        else:
-            state = settle_complete(self, breaker, permit, request, start, status, response.headers)
-        response.extensions[EXTENSION] = Marks(key=breaker.name, state=state)
+        """Settle a response whose body is in memory (``type(stream) is settles_now``).
+
+        The transports settle a plain closed success themselves, inline, and
+        come here for the rest.
+        """
+        state = settle_complete(
+            self, breaker, permit, request, start, response.status_code, response.headers
+        )
+        response.extensions[EXTENSION] = self.marks(breaker, state)
         return response
 
     def watch(
@@ -373,10 +376,6 @@ class _HttpxGate(Gate):
             # one never does, and reading it would raise RuntimeError.
             response.elapsed = _ZERO
         return response
-
-
-class _NoStream:
-    """A type no response stream is: :attr:`_HttpxGate.settles_now` when nothing settles now."""
 
 
 def _zero() -> Any:
@@ -613,7 +612,7 @@ class SyncTransport(_TransportBase[_F]):
                 breaker = gate.route_origin(request, ref)
                 mark = None
         else:
-            breaker = gate.route(request)
+            breaker = gate.route_options(request)
             mark = None
         if breaker is None:
             return self.transport.handle_request(request)
@@ -638,7 +637,7 @@ class SyncTransport(_TransportBase[_F]):
         if type(response.stream) is gate.settles_now:
             status = response.status_code
             if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
-                # settle_now()'s plain closed success, inlined on the hottest path.
+                # settle_complete()'s plain closed success, inlined on the hottest path.
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )
@@ -693,7 +692,7 @@ class AsyncTransport(_TransportBase[_F]):
                 breaker = gate.route_origin(request, ref)
                 mark = None
         else:
-            breaker = gate.route(request)
+            breaker = gate.route_options(request)
             mark = None
         if breaker is None:
             return await self.transport.handle_async_request(request)
@@ -717,7 +716,7 @@ class AsyncTransport(_TransportBase[_F]):
         if type(response.stream) is gate.settles_now:
             status = response.status_code
             if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
-                # settle_now()'s plain closed success, inlined on the hottest path.
+                # settle_complete()'s plain closed success, inlined on the hottest path.
                 breaker.record(
                     permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
                 )

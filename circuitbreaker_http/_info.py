@@ -9,17 +9,12 @@ reads it back as a :class:`BreakerInfo`, so user code needs no ``Any`` and no
 
 from __future__ import annotations
 
-from typing import Any, Literal, NoReturn, Protocol, TypedDict, cast
+from typing import Any, Literal, NoReturn, TypedDict, cast
 
-__all__ = ["BreakerInfo", "Marks", "StateName", "closed_marks", "read_info"]
+__all__ = ["BreakerInfo", "Marks", "StateName", "read_info"]
 
 StateName = Literal["closed", "half_open", "open", "forced_open", "disabled"]
 """A :class:`~circuitbreaker_http.CircuitState` as its string value."""
-
-
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
 
 
 class _FallbackMarks(TypedDict, total=False):
@@ -82,11 +77,6 @@ class Marks(dict[str, Any]):
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
         return (dict, (dict(self),))
-
-
-def closed_marks(breaker: _Named) -> Marks:
-    """The marks of a response ``breaker`` let through closed (cache it: it never changes)."""
-    return Marks(key=breaker.name, state="closed")
 
 
 def read_info(value: object) -> BreakerInfo | None:

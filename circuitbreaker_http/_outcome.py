@@ -42,7 +42,7 @@ from ._breaker import CircuitBreaker
 from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
-from ._info import Marks, closed_marks
+from ._info import Marks
 from ._keys import HostKey, split_key
 from ._options import EXTENSION, RequestOptions, current_options, request_options
 from ._policy import parse_retry_after
@@ -352,9 +352,12 @@ class Outcome:
         state = self.state
         # Plain strings, by identity: hashing an enum member runs Python code.
         if state is _CLOSED:
-            return self.gate.closed_marks(self.breaker)
-        name = "half_open" if state is _HALF_OPEN else unrecorded_state(self.breaker)
-        return Marks(key=self.breaker.name, state=name)
+            name = "closed"
+        elif state is _HALF_OPEN:
+            name = "half_open"
+        else:
+            name = unrecorded_state(self.breaker)
+        return self.gate.marks(self.breaker, name)
 
     def _describe(self) -> tuple[str, str]:
         return self.gate.describe(self.request)
@@ -758,8 +761,14 @@ class Gate:
         if marks is None:
             if len(self._closed_marks) >= _CLOSED_MARKS_MAX:
                 self._closed_marks.clear()  # rotating keys must not grow memory
-            marks = self._closed_marks[breaker] = closed_marks(breaker)
+            marks = self._closed_marks[breaker] = Marks(key=breaker.name, state="closed")
         return marks
+
+    def marks(self, breaker: CircuitBreaker, state: str) -> Marks:
+        """The :class:`Marks` of a response ``breaker`` let through in ``state`` (its string)."""
+        if state == "closed":
+            return self.closed_marks(breaker)
+        return Marks(key=breaker.name, state=state)
 
     @staticmethod
     def options(extension: object = None) -> RequestOptions | None:

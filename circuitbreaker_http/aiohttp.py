@@ -641,7 +641,7 @@ class _AiohttpGate(Gate):
         if self.lkg is None and content.is_eof() and content.exception() is None:
             # The body is in memory already: nothing is left to wait on.
             state = settle_complete(self, breaker, permit, request, start, status, headers)
-            setattr(response, ATTRIBUTE, Marks(key=breaker.name, state=state))
+            setattr(response, ATTRIBUTE, self.marks(breaker, state))
             return response
         outcome = Outcome(self, breaker, permit, (request.method, request.url), start)
         setattr(response, ATTRIBUTE, outcome.extension())
@@ -848,7 +848,7 @@ class CircuitBreakerMiddleware:
                 response.circuit_breaker = mark or gate.closed_marks(breaker)  # type: ignore[attr-defined]
                 return response
             state = settle_complete(gate, breaker, permit, request, start, status, response.headers)
-            setattr(response, ATTRIBUTE, Marks(key=breaker.name, state=state))
+            setattr(response, ATTRIBUTE, gate.marks(breaker, state))
             return response
         return gate.watch(breaker, permit, request, start, response)
 
