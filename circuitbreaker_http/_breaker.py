@@ -103,6 +103,7 @@ from ._core import (
     Verdict,
 )
 from ._errors import CircuitOpenError
+from ._errors import new_open_error as _new_error
 
 __all__ = [
     "EVENT_TYPES",
@@ -971,14 +972,21 @@ class CircuitBreaker:
                         self._rejected += 1
                         if self._on_rejected or now >= self._debug_after:
                             self._rejection_seen(_OPEN, core.open_until - now, now, True)
-                        raise CircuitOpenError(
-                            self.name, _OPEN, core.open_until - now, None, core.last_failure
+                        raise _new_error(
+                            CircuitOpenError,
+                            self.name,
+                            _OPEN,
+                            core.open_until - now,
+                            None,
+                            core.last_failure,
                         )
                 elif state is _FORCED_OPEN and self.enforce:
                     self._rejected += 1
                     if self._on_rejected or logger.isEnabledFor(logging.DEBUG):
                         self._rejection_seen(_FORCED_OPEN, None, None, True)
-                    raise CircuitOpenError(self.name, _FORCED_OPEN, None, None, core.last_failure)
+                    raise _new_error(
+                        CircuitOpenError, self.name, _FORCED_OPEN, None, None, core.last_failure
+                    )
             return self._call_other(permit, fn, args, kwargs)
         me = self._local.__dict__  # this thread's token
         if mark is None:
@@ -1500,7 +1508,10 @@ class CircuitBreaker:
             if self._on_rejected or now >= self._debug_after:
                 self._rejection_seen(state, retry_after, now, True)
             # By position: every CircuitOpenError takes last_failure fifth.
-            raise error(self.name, state, retry_after, None, self._core.last_failure)
+            last_failure = self._core.last_failure
+            if error is CircuitOpenError:
+                raise _new_error(error, self.name, state, retry_after, None, last_failure)
+            raise error(self.name, state, retry_after, None, last_failure)
         self._shadow_rejected += 1
         if self._on_rejected or now >= self._debug_after:
             self._rejection_seen(state, retry_after, now, False)

@@ -23,6 +23,7 @@ from circuitbreaker_http import (
     StateChange,
     Verdict,
 )
+from circuitbreaker_http._errors import _called, new_open_error
 from circuitbreaker_http.testing import ManualClock
 
 CLOSED = CircuitState.CLOSED
@@ -240,6 +241,51 @@ def test_circuit_open_error_takes_last_failure_by_position_or_keyword() -> None:
     for error in (by_position, by_keyword, pickle.loads(pickle.dumps(by_position))):
         assert (error.name, error.retry_after, error.last_failure) == ("api", 1.0, "503")
     assert CircuitOpenError("api", OPEN).last_failure is None
+
+
+def test_an_error_built_without_init_equals_the_class_call() -> None:
+    # The breaker's rejections are built by new_open_error, which skips the
+    # Python __init__: what a user reads must not tell the two apart.
+    fast = new_open_error(CircuitOpenError, "api", OPEN, 1.5, None, "503")
+    called = CircuitOpenError("api", OPEN, retry_after=1.5, last_failure="503")
+    assert type(fast) is CircuitOpenError
+    for error in (fast, called, pickle.loads(pickle.dumps(fast))):
+        assert (error.name, error.state, error.retry_after, error.last_failure) == (
+            "api",
+            OPEN,
+            1.5,
+            "503",
+        )
+        assert error.args == called.args == (str(error),)
+        assert repr(error) == repr(called)
+    assert new_open_error is not _called  # this interpreter takes the fast way
+
+
+def test_circuit_open_error_attributes_can_be_set() -> None:
+    error = new_open_error(CircuitOpenError, "api", OPEN, 1.5, None, None)
+    error.name = "other"
+    error.retry_after = None
+    error.last_failure = "ReadTimeout"
+    assert (error.name, error.state, error.retry_after, error.last_failure) == (
+        "other",
+        OPEN,
+        None,
+        "ReadTimeout",
+    )
+    assert str(error) == "circuit 'other' is open"
+    error.args = ("replaced",)
+    assert (str(error), error.args) == ("replaced", ("replaced",))
+
+
+def test_the_breaker_rejects_with_the_plain_class() -> None:
+    b = breaker()
+    b.force_open()
+    for attempt in (lambda: b.call(ok), b.__enter__, b.acquire):
+        with pytest.raises(CircuitOpenError) as info:
+            attempt()
+        assert type(info.value) is CircuitOpenError
+        assert (info.value.name, info.value.state) == ("svc", FORCED_OPEN)
+        assert str(info.value) == "circuit 'svc' is forced open"
 
 
 def test_a_rejection_carries_the_last_failure() -> None:
