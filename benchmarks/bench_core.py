@@ -11,7 +11,9 @@ rotates from repeat to repeat, so slow drift of the machine hits all alike):
    breaker, against 8 bare threads and against 1 bare thread.
 
 Peers (pybreaker, circuitbreaker, interlock-cb) are measured when importable
-and skipped with a note otherwise. Run ``python benchmarks/bench_core.py
+and skipped with a note otherwise. ``--instructions`` counts instructions
+for sections 1 and 2 instead (valgrind's callgrind, circuitbreaker-http
+only): the same count whatever else the machine is doing. Run ``python benchmarks/bench_core.py
 --help`` for the options; ``benchmarks/README.md`` explains each figure.
 
 This is a benchmark that prints, not a test: it asserts nothing about speed.
@@ -20,6 +22,7 @@ This is a benchmark that prints, not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import gc
 import importlib
@@ -35,7 +38,16 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from _common import Loop, call_loop, call_loop_rejected, rotated, summary, version_of
+from _common import (
+    Loop,
+    call_loop,
+    call_loop_rejected,
+    callgrind_instructions,
+    rotated,
+    summary,
+    valgrind_missing,
+    version_of,
+)
 
 from circuitbreaker_http import BreakerConfig, CircuitBreaker, CircuitOpenError, CircuitState
 
@@ -569,6 +581,87 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- instruction counts -------------------------------------------------------------
+
+# --instructions: iterations per child run (the figure is the difference / their gap).
+INSTRUCTION_LOOPS = (2_000, 22_000)
+INSTRUCTION_WARM = 2_000
+INSTRUCTION_ENV = {"PYTHONHASHSEED": "0"}
+INSTRUCTION_CASES = ("bare f()", "closed call", "bare raise/except", "rejected call")
+
+
+def instruction_loop(case: str) -> Loop:
+    """The tight loop of one ``--instructions`` case."""
+    if case == "bare f()":
+        return loop_call0(const)
+    if case == "bare raise/except":
+        return loop_bare_raise
+    mine = ours()
+    return mine.closed if case == "closed call" else mine.rejected
+
+
+def child(case: str, n: int) -> int:
+    """One ``--instructions`` subprocess: warm up, then ``n`` iterations of one case."""
+    logging.getLogger("circuitbreaker_http").addHandler(logging.NullHandler())
+    loop = instruction_loop(case)
+    gc.disable()
+    loop(INSTRUCTION_WARM)
+    loop(n)
+    return 0
+
+
+def count_instructions(jobs: int) -> dict[str, Any]:
+    """Instructions per iteration of every case, by callgrind, and what the breaker adds."""
+    low, high = INSTRUCTION_LOOPS
+    runs = [(case, n) for case in INSTRUCTION_CASES for n in INSTRUCTION_LOOPS]
+    script = os.path.abspath(__file__)
+
+    def one(run: tuple[str, int]) -> int:
+        case, n = run
+        ir = callgrind_instructions(
+            [sys.executable, script, "--child", case, str(n)], INSTRUCTION_ENV
+        )
+        print(f"  {case}, {n} iterations: {ir:,} Ir", file=sys.stderr, flush=True)
+        return ir
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        counted = dict(zip(runs, pool.map(one, runs), strict=True))
+    per = {
+        case: (counted[(case, high)] - counted[(case, low)]) / (high - low)
+        for case in INSTRUCTION_CASES
+    }
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "mode": "instructions",
+        "loops": list(INSTRUCTION_LOOPS),
+        "env": INSTRUCTION_ENV,
+        "seconds": round(time.perf_counter() - started, 1),
+        "per_iteration_ir": per,
+        "closed_ir_added": per["closed call"] - per["bare f()"],
+        "reject_ir_added": per["rejected call"] - per["bare raise/except"],
+    }
+
+
+def render_instructions(data: dict[str, Any]) -> str:
+    """Render the ``--instructions`` data as lines."""
+    low, high = data["loops"]
+    per = data["per_iteration_ir"]
+    return "\n".join(
+        [
+            f"circuitbreaker-http bench_core --instructions: {data['implementation']} "
+            f"{data['python']}: callgrind Ir of {high} iterations minus Ir of {low}, over "
+            f"{high - low}, {data['seconds']} s",
+            *(f"  {case:20} {ir:>8,.0f} Ir" for case, ir in per.items()),
+            f"closed call adds {data['closed_ir_added']:,.0f} Ir over a bare f() "
+            f"({per['closed call'] / per['bare f()']:.2f}x)",
+            f"rejected call adds {data['reject_ir_added']:,.0f} Ir over a bare raise/except "
+            f"({per['rejected call'] / per['bare raise/except']:.2f}x)",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, measure, print."""
     parser = argparse.ArgumentParser(
@@ -582,7 +675,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=None, help="override the mode's repeat count"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per call under valgrind's callgrind instead of timing "
+        "(circuitbreaker-http only; about a minute)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="--instructions: valgrind runs at once (default: the CPU count)",
+    )
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        case, n = args.child
+        return child(case, int(n))
+    if args.instructions:
+        missing = valgrind_missing()
+        if missing:
+            parser.error(f"--instructions needs valgrind: {missing}")
+        data = count_instructions(max(1, args.jobs))
+        print(json.dumps(data, indent=2) if args.json else render_instructions(data))
+        return 0
     mode = MODES["quick" if args.quick else "default"]
     if args.repeats is not None:
         if args.repeats < 1:
