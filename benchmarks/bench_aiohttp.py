@@ -302,22 +302,7 @@ async def _child(name: str, url: str, n: int) -> None:
 
 def _callgrind(argv: list[str]) -> int:
     """Instructions (``Ir``) one run of ``argv`` executes under valgrind's callgrind."""
-    import os
-    import re
-    import subprocess
-
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
-    done = subprocess.run(
-        command,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.findall(r"Collected\s*:\s*(\d+)", done.stderr)
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    return int(found[-1])
+    return _common.callgrind_instructions(argv, {"PYTHONHASHSEED": "0"})
 
 
 def count_instructions(mode: Mode, emit_json: bool) -> None:

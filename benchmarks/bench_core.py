@@ -587,7 +587,13 @@ def render(data: dict[str, Any]) -> str:
 INSTRUCTION_LOOPS = (2_000, 22_000)
 INSTRUCTION_WARM = 2_000
 INSTRUCTION_ENV = {"PYTHONHASHSEED": "0"}
-INSTRUCTION_CASES = ("bare f()", "closed call", "bare raise/except", "rejected call")
+INSTRUCTION_CASES = (
+    "bare f()",
+    "closed call",
+    "closed, slow rule",
+    "bare raise/except",
+    "rejected call",
+)
 
 
 def instruction_loop(case: str) -> Loop:
@@ -596,6 +602,10 @@ def instruction_loop(case: str) -> Loop:
         return loop_call0(const)
     if case == "bare raise/except":
         return loop_bare_raise
+    if case == "closed, slow rule":
+        # A slow-call rule: every call reads the clock before and after.
+        timed = CircuitBreaker("bench", BreakerConfig(slow_call_duration=OPEN_FOR_S))
+        return call_loop(timed.call, const)
     mine = ours()
     return mine.closed if case == "closed call" else mine.rejected
 
@@ -640,6 +650,7 @@ def count_instructions(jobs: int) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "per_iteration_ir": per,
         "closed_ir_added": per["closed call"] - per["bare f()"],
+        "closed_slow_rule_ir_added": per["closed, slow rule"] - per["bare f()"],
         "reject_ir_added": per["rejected call"] - per["bare raise/except"],
     }
 
@@ -655,7 +666,8 @@ def render_instructions(data: dict[str, Any]) -> str:
             f"{high - low}, {data['seconds']} s",
             *(f"  {case:20} {ir:>8,.0f} Ir" for case, ir in per.items()),
             f"closed call adds {data['closed_ir_added']:,.0f} Ir over a bare f() "
-            f"({per['closed call'] / per['bare f()']:.2f}x)",
+            f"({per['closed call'] / per['bare f()']:.2f}x); with a slow-call rule "
+            f"{data['closed_slow_rule_ir_added']:,.0f} Ir",
             f"rejected call adds {data['reject_ir_added']:,.0f} Ir over a bare raise/except "
             f"({per['rejected call'] / per['bare raise/except']:.2f}x)",
         ]

@@ -73,6 +73,7 @@ dropped responses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -190,6 +191,7 @@ _DISABLED = CircuitState.DISABLED
 _DEFAULT_CONFIG = BreakerConfig()
 _INF = math.inf
 _NINF = -math.inf
+_NAN = math.nan
 
 _DEFERRED_DRAIN_AT = 32
 """Past this many queued deferred outcomes, ``record_later`` drains the queue
@@ -325,6 +327,7 @@ class CircuitBreaker:
         "failure_statuses",
         "name",
         "timed",
+        "timer",
     )
 
     def __init__(
@@ -353,6 +356,13 @@ class CircuitBreaker:
         self.failure_statuses = config.failure_statuses
         #: The clock every duration of this breaker is read from (read-only).
         self.clock = clock
+        #: The clock to time a call with where nothing may raise (read-only):
+        #: ``clock`` itself when it is ``time.monotonic`` or another of the
+        #: standard library's clocks, else a guard of it whose reading is NaN
+        #: (logged once) when the clock raises or gives no finite number. A
+        #: duration taken with it is NaN when unknown; :meth:`record` takes
+        #: that as unknown (not slow).
+        self.timer: Callable[[], float] = clock if _clock.is_standard(clock) else self._guarded
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
         # Events waiting to be delivered outside the lock, each with the
@@ -692,13 +702,13 @@ class CircuitBreaker:
             try:
                 try:
                     now = clock()
+                    if now < core.success_fast_until and permit == core.cycle:  # see call()
+                        core.pending_successes += 1
+                        return
                 except Exception:
                     # _record_locked reads it again and reports the failure.
                     drain = self._record_locked(permit, False, False, retry_after)
                 else:
-                    if now < core.success_fast_until and permit == core.cycle:
-                        core.pending_successes += 1
-                        return
                     drain = self._record_locked(
                         permit, False, False, retry_after, now, status, error, duration
                     )
@@ -750,6 +760,8 @@ class CircuitBreaker:
             # Before the transitions it caused, so listeners see cause, then effect.
             outcome = Verdict.FAILURE if failed else Verdict.SUCCESS
             name = None if error is None else type(error).__name__
+            if duration != duration:  # NaN: timed with a clock that failed (see timer)
+                duration = None
             event = CallRecorded(self.name, outcome, slow, duration, status, name, now)
             self._queue.append((event, None))
             if not core.changes:
@@ -925,6 +937,8 @@ class CircuitBreaker:
         hook = self.classifier
         if hook is None:
             return None
+        if info.duration != info.duration:  # NaN: timed with a clock that failed (see timer)
+            info = dataclasses.replace(info, duration=0.0)
         try:
             verdict: object = hook(info)
         except Exception:
@@ -960,7 +974,7 @@ class CircuitBreaker:
         mark: Any = self._running.get()
         core = self._core
         permit = core.fast_permit
-        if not permit or self.timed:  # not closed (None), disabled (0), or timed
+        if not permit:  # not closed (None), or disabled (0)
             if permit is None and (mark is None or not mark.on):
                 # Certainly not inside a call through this breaker here: the
                 # rejections, inlined (one frame less for them to unwind).
@@ -968,6 +982,9 @@ class CircuitBreaker:
                 if state is _OPEN:
                     clock = self.clock  # ``self.clock()`` would cost a method lookup
                     now = clock()
+                    # Unguarded, as any guard here costs every rejection: a
+                    # reading that is no number raises TypeError before ``fn``
+                    # runs (acquire() says ValueError).
                     if now < core.open_until and self.enforce:
                         self._rejected += 1
                         if self._on_rejected or now >= self._debug_after:
@@ -999,6 +1016,8 @@ class CircuitBreaker:
             mark = self._claim(me)
         elif mark.on:
             return fn(*args, **kwargs)  # part of the call already running
+        if self.timed:
+            return self._call_timed(permit, mark, fn, args, kwargs)
         mark.on = True
         try:
             # Calling ``fn()`` itself when there is nothing to pass is cheaper
@@ -1021,14 +1040,16 @@ class CircuitBreaker:
         try:
             try:
                 now = clock()
+                # (Outcomes queued by finalisers close this path: see _defer.)
+                # Compared inside the ``try``: a reading that is no number
+                # raises here, and must not cost the caller the result.
+                if now < core.success_fast_until and permit == core.cycle:
+                    core.pending_successes += 1
+                    return result
             except Exception:
                 # _record_locked reads it again and reports the failure.
                 drain = self._record_locked(permit, False, False, None)
             else:
-                # (Outcomes queued by finalisers close this path: see _defer.)
-                if now < core.success_fast_until and permit == core.cycle:
-                    core.pending_successes += 1
-                    return result
                 drain = self._record_locked(permit, False, False, None, now)
         finally:
             lock.release()
@@ -1094,6 +1115,40 @@ class CircuitBreaker:
         if token is not None:
             self._running.reset(token)
 
+    def _call_timed(
+        self,
+        permit: int,
+        mark: _Mark,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> R:
+        """The rest of :meth:`call` in the closed state when outcomes need a duration.
+
+        ``mark`` is this thread's mark in the current context, not running yet.
+        A duration is NaN when the clock failed (see :attr:`timer`), which
+        :meth:`record` and :meth:`classify` take as unknown.
+        """
+        timer = self.timer
+        mark.on = True
+        start = timer()
+        try:
+            result = fn(*args, **kwargs) if args or kwargs else fn()  # as in call()
+        except Exception as exc:
+            mark.on = False
+            self._raised(permit, timer() - start, exc, fn)
+            raise
+        except BaseException:
+            mark.on = False
+            self.release(permit)
+            raise
+        mark.on = False
+        if self.classifier is None:
+            self.record(permit, False, timer() - start)
+        else:
+            self._succeeded(permit, timer() - start)
+        return result
+
     def _call_other(
         self,
         permit: int | None,
@@ -1106,8 +1161,8 @@ class CircuitBreaker:
         That is: while not closed (``permit`` is ``None``: a half-open trial,
         an open period that has just ended, a call inside a call already
         running, a rejection), while disabled (``permit`` 0: nothing to
-        record), when outcomes need a duration, or when the context holds the
-        running mark of an async call or of another thread.
+        record), or when the context holds the running mark of an async call
+        or of another thread.
         """
         mark, token = self._claimed()
         try:
@@ -1466,15 +1521,17 @@ class CircuitBreaker:
 
     def _admit(self, error: type[CircuitOpenError] = CircuitOpenError) -> int:
         core = self._core
-        now = self.clock()
         # An open breaker rejects without the lock: a stale read only ever
         # rejects a call that was rejectable an instant ago.
-        state = core.state
-        if self.enforce:
-            if state is _OPEN and now < core.open_until:
-                return self._refuse(error, _OPEN, core.open_until - now, now)
-            if state is _FORCED_OPEN:
-                return self._refuse(error, _FORCED_OPEN, None, now)
+        if core.state is _FORCED_OPEN and self.enforce:
+            return self._refuse(error, _FORCED_OPEN, None, None)  # no reading needed
+        now = self.clock()
+        try:
+            still_open = core.state is _OPEN and now < core.open_until
+        except TypeError:  # a reading that is no number: refused just below
+            still_open = False
+        if still_open and self.enforce:
+            return self._refuse(error, _OPEN, core.open_until - now, now)
         if not _finite(now):
             raise self._bad_reading(now)
         with self._lock:
@@ -1497,15 +1554,16 @@ class CircuitBreaker:
         error: type[CircuitOpenError],
         state: CircuitState,
         retry_after: float | None,
-        now: float,
+        now: float | None,
     ) -> int:
         """Short-circuit a call (raise ``error``), or in shadow mode let it through unrecorded.
 
-        Returns the permit of a shadow rejection: ``0``, which records nothing.
+        ``now`` is ``None`` when the clock gave no usable reading. Returns the
+        permit of a shadow rejection: ``0``, which records nothing.
         """
         if self.enforce:
             self._rejected += 1
-            if self._on_rejected or now >= self._debug_after:
+            if self._on_rejected or self._debug_due(now):
                 self._rejection_seen(state, retry_after, now, True)
             # By position: every CircuitOpenError takes last_failure fifth.
             last_failure = self._core.last_failure
@@ -1513,9 +1571,15 @@ class CircuitBreaker:
                 raise _new_error(error, self.name, state, retry_after, None, last_failure)
             raise error(self.name, state, retry_after, None, last_failure)
         self._shadow_rejected += 1
-        if self._on_rejected or now >= self._debug_after:
+        if self._on_rejected or self._debug_due(now):
             self._rejection_seen(state, retry_after, now, False)
         return 0
+
+    def _debug_due(self, now: float | None) -> bool:
+        """Whether a rejection at ``now`` (``None``: not read) may write its DEBUG line."""
+        if now is None:
+            return logger.isEnabledFor(logging.DEBUG)
+        return now >= self._debug_after
 
     def _now(self) -> float:
         """A clock reading to decide with; one that is not finite raises ``ValueError``."""
@@ -1530,17 +1594,22 @@ class CircuitBreaker:
             "not a finite number of seconds"
         )
 
-    def _reading(self) -> float | None:
-        """A clock reading to measure with, or ``None`` (logged once) when the clock fails."""
+    def _guarded(self) -> float:
+        """A clock reading, or NaN (logged once) when the clock fails: :attr:`timer`."""
         try:
             now = self.clock()
         except Exception as exc:
             self._clock_failed(exc)
-            return None
+            return _NAN
         if _finite(now):
             return now
         self._clock_failed(self._bad_reading(now))
-        return None
+        return _NAN
+
+    def _reading(self) -> float | None:
+        """A clock reading to measure with, or ``None`` (logged once) when the clock fails."""
+        now = self.timer()
+        return now if now == now else None  # NaN is the only reading unequal to itself
 
     def _since(self, start: float | None) -> float | None:
         """Seconds since ``start``, or ``None`` when either reading failed."""

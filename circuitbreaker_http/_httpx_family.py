@@ -624,7 +624,7 @@ class SyncTransport(_TransportBase[_F]):
             if gate.fallback is None:
                 raise  # in place: the cheapest short circuit
             return self._short_circuit(request, breaker.name, exc)
-        start = breaker.clock() if breaker.timed else 0.0  # started(breaker), inlined
+        start = breaker.timer() if breaker.timed else 0.0  # started(breaker), inlined
         try:
             response = self.transport.handle_request(request)
         except Exception as exc:
@@ -639,7 +639,7 @@ class SyncTransport(_TransportBase[_F]):
             if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
                 # settle_complete()'s plain closed success, inlined on the hottest path.
                 breaker.record(
-                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                    permit, False, breaker.timer() - start if breaker.timed else 0.0, None, status
                 )
                 response.extensions[EXTENSION] = mark or gate.closed_marks(breaker)
                 return response
@@ -703,7 +703,7 @@ class AsyncTransport(_TransportBase[_F]):
             if gate.fallback is None:
                 raise  # in place: the cheapest short circuit
             return await self._short_circuit(request, breaker.name, exc)
-        start = breaker.clock() if breaker.timed else 0.0  # started(breaker), inlined
+        start = breaker.timer() if breaker.timed else 0.0  # started(breaker), inlined
         try:
             response = await self.transport.handle_async_request(request)
         except Exception as exc:
@@ -718,7 +718,7 @@ class AsyncTransport(_TransportBase[_F]):
             if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
                 # settle_complete()'s plain closed success, inlined on the hottest path.
                 breaker.record(
-                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                    permit, False, breaker.timer() - start if breaker.timed else 0.0, None, status
                 )
                 response.extensions[EXTENSION] = mark or gate.closed_marks(breaker)
                 return response

@@ -152,7 +152,7 @@ def unrecorded_state(breaker: CircuitBreaker) -> str:
 
 def started(breaker: CircuitBreaker) -> float:
     """The clock reading a request's duration counts from (``0.0``: the breaker reads none)."""
-    return breaker.clock() if breaker.timed else 0.0
+    return breaker.timer() if breaker.timed else 0.0
 
 
 def _status_verdict(
@@ -186,7 +186,7 @@ def settle_complete(
     """
     if not permit:
         return unrecorded_state(breaker)
-    duration = breaker.clock() - start if breaker.timed else 0.0
+    duration = breaker.timer() - start if breaker.timed else 0.0
     # _status_verdict(), inlined on this hottest of paths; ``classify`` is
     # asked in a function of its own, as the lambda it needs would make
     # ``gate`` and ``request`` cells here, built on every call.
@@ -300,8 +300,8 @@ class Outcome:
     Attributes:
         state: The state the request was let through in (``CLOSED``,
             ``HALF_OPEN`` or ``DISABLED``).
-        clock: The breaker's clock when it needs durations, else ``None``
-            (then no clock is read at all).
+        clock: The breaker's :attr:`~CircuitBreaker.timer` when it needs
+            durations, else ``None`` (then no clock is read at all).
         start: The clock reading at admission (``0.0`` when untimed); an
             integration may move it forward by time the client spent waiting
             on its own (urllib3's sleeps between retries).
@@ -335,7 +335,7 @@ class Outcome:
         self._live = [permit]
         self.request = request
         self.state = breaker.permit_state(permit)
-        self.clock: Callable[[], float] | None = breaker.clock if breaker.timed else None
+        self.clock: Callable[[], float] | None = breaker.timer if breaker.timed else None
         self.start = start
         self.upstream = 0.0
         self.status: int | None = None

@@ -817,7 +817,7 @@ class CircuitBreakerMiddleware:
             if gate.fallback is None:
                 raise  # in place: the cheapest short circuit
             return await self._short_circuit(request, breaker.name, exc)
-        start = breaker.clock() if breaker.timed else 0.0  # started(breaker), inlined
+        start = breaker.timer() if breaker.timed else 0.0  # started(breaker), inlined
         try:
             response = await handler(request)
         except Exception as exc:
@@ -843,7 +843,7 @@ class CircuitBreakerMiddleware:
             if permit > 0 and breaker.classifier is None and status not in breaker.failure_statuses:
                 # settle_complete()'s plain closed success, inlined.
                 breaker.record(
-                    permit, False, breaker.clock() - start if breaker.timed else 0.0, None, status
+                    permit, False, breaker.timer() - start if breaker.timed else 0.0, None, status
                 )
                 response.circuit_breaker = mark or gate.closed_marks(breaker)  # type: ignore[attr-defined]
                 return response

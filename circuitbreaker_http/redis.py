@@ -51,6 +51,10 @@ __all__ = ["SCRIPT", "AsyncRedisStorage", "RedisStorage"]
 logger = logging.getLogger("circuitbreaker_http")
 
 _STATES = {state.value: state for state in CircuitState}
+# AsyncRedisStorage.aclose(): seconds to wait for its cancelled tasks, and how
+# many times to cancel them before giving up on one.
+_CLOSE_WAIT = 2.0
+_CLOSE_ATTEMPTS = 3
 _VERDICTS = {True: "s", False: "f", None: "n"}
 
 SCRIPT = r"""
@@ -726,9 +730,23 @@ class AsyncRedisStorage(_RedisBase):
             elif not task.get_loop().is_closed():
                 with contextlib.suppress(RuntimeError):
                     task.get_loop().call_soon_threadsafe(task.cancel)
-        mine = [task for task in tasks if task.get_loop() is here]
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
+        pending = {task for task in tasks if task.get_loop() is here}
+        # redis.asyncio can swallow a cancellation that lands inside a read
+        # (redis/redis-py#2028): a task still running after a while is
+        # cancelled again, a bounded number of times.
+        for _ in range(_CLOSE_ATTEMPTS):
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, timeout=_CLOSE_WAIT)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, as gather() would: no warning at collection
+            for task in pending:
+                task.cancel()
+        if pending:
+            logger.warning(
+                "AsyncRedisStorage.aclose: %d task(s) did not stop when cancelled", len(pending)
+            )
 
     async def _listen(self) -> None:
         delay = 0.1

@@ -948,7 +948,7 @@ class CircuitBreakerAdapter(HTTPAdapter):
         # Right after admission: the state it was let through in, and the
         # clock reading its duration counts from (none unless the breaker needs it).
         outcome = _Outcome(
-            gate, breaker, permit, request, breaker.clock() if breaker.timed else 0.0
+            gate, breaker, permit, request, breaker.timer() if breaker.timed else 0.0
         )
         if self._cb_may_retry:
             attempt = _Attempt(outcome, permit)

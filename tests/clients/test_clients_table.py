@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import math
 
 import pytest
 from clients_support import (
@@ -382,3 +384,56 @@ def test_cancelled_request_records_nothing(
     trial = driver.get("/")
     assert trial.info is not None and trial.info["state"] == "half_open"
     assert snap(registry, flaky_server).state is CLOSED
+
+
+# -- a clock that fails ---------------------------------------------------------------------------
+
+
+class FailingClock(ManualClock):
+    """A manual clock whose readings can be made to raise or to be any value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: object = None
+
+    def __call__(self) -> float:
+        bad = self.bad
+        if isinstance(bad, Exception):
+            raise bad
+        return super().__call__() if bad is None else bad  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("bad", [RuntimeError("clock broke"), math.nan, math.inf, "noon"], ids=repr)
+@pytest.mark.parametrize("read", [True, False], ids=["read", "streamed"])
+@every_client()
+def test_a_failing_clock_never_fails_a_request(
+    client: ClientFactory,
+    flaky_server: FlakyServer,
+    bad: object,
+    read: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A slow-call rule makes every request read the clock twice or more.
+    clock = FailingClock()
+    registry = BreakerRegistry(TRIP1.replace(slow_call_duration=5.0), clock=clock)
+    driver = client(registry)
+    paths = {"/stream?chunks=2&size=4": 200, "/status/503": 503}
+    # Good readings first: the fast paths are set up, and the bodies known.
+    bodies = {path: driver.get(path.replace("503", "200")).body for path in paths}
+    assert snap(registry, flaky_server).calls == 2
+    clock.bad = bad
+    with caplog.at_level(logging.WARNING, logger="circuitbreaker_http"):
+        for path, status in [*paths.items(), *paths.items()]:
+            result = driver.get(path, stream=not read, read=read)
+            assert result.status == status
+            body = result.body if read else driver.read(result)
+            if status == 200:
+                assert body == bodies[path]
+    clock.bad = None
+    # What the clock could not file is not recorded (the 503s would have tripped).
+    s = snap(registry, flaky_server)
+    assert (s.state, s.failures) == (CLOSED, 0), s
+    assert driver.get("/").status == 200
+    assert snap(registry, flaky_server).calls == s.calls + 1
+    warnings = [r for r in caplog.records if "clock" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]

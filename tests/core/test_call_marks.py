@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -40,9 +41,20 @@ def boom() -> None:
     raise Boom
 
 
+# Every test runs twice: untimed, and with a slow-call rule, which takes
+# call()'s timed path (its own frame after the mark is read). Set by _timing.
+SLOW_AFTER: float | None = None
+
+
+@pytest.fixture(autouse=True, params=[None, 1000.0], ids=["untimed", "timed"])
+def _timing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "SLOW_AFTER", request.param)
+
+
 def make(clock: ManualClock | None = None, **config: Any) -> CircuitBreaker:
     config.setdefault("consecutive_failures", None)
     config.setdefault("failure_rate", None)
+    config.setdefault("slow_call_duration", SLOW_AFTER)
     return CircuitBreaker("svc", BreakerConfig(**config), clock=clock or ManualClock())
 
 

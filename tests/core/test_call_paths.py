@@ -909,6 +909,7 @@ BAD_READINGS: list[float | Exception] = [
     math.nan,
     math.inf,
     RuntimeError("clock broke"),
+    "noon",  # type: ignore[list-item]  # a reading that is no number at all
 ]
 
 
@@ -987,13 +988,33 @@ def test_a_failing_clock_refuses_to_decide_admission_while_open(bad: float | Exc
     clock.now = 10.0
     clock.bad = bad
     ran: list[bool] = []
-    with pytest.raises((ValueError, RuntimeError)):
+    # call()'s inlined rejection compares the reading unguarded (a guard
+    # would cost every rejection): one that is no number is a TypeError there.
+    with pytest.raises(TypeError if isinstance(bad, str) else (ValueError, RuntimeError)):
         b.call(lambda: ran.append(True))
+    with pytest.raises((ValueError, RuntimeError)):
+        b.acquire()
     with pytest.raises((ValueError, RuntimeError)):
         _ = b.state
     assert ran == []
     clock.bad = None
     assert b.state is HALF_OPEN
+    assert b.snapshot().trials_in_flight == 0
+
+
+@pytest.mark.parametrize("bad", BAD_READINGS, ids=repr)
+def test_a_failing_clock_never_stops_a_forced_open_breaker_refusing(bad: float | Exception) -> None:
+    clock = FlakyClock()
+    b = flaky(clock)
+    b.force_open()
+    clock.bad = bad
+    ran: list[bool] = []
+    with pytest.raises(CircuitOpenError) as refused:
+        b.call(lambda: ran.append(True))
+    assert refused.value.state is CircuitState.FORCED_OPEN
+    with pytest.raises(CircuitOpenError):
+        b.acquire()  # the integrations' way in
+    assert ran == []
 
 
 def test_a_clock_that_fails_only_when_timing_the_start() -> None:

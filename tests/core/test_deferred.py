@@ -101,8 +101,8 @@ def test_a_full_queue_drops_and_counts_while_the_lock_is_taken() -> None:
     assert b.snapshot().calls == queued
 
 
-@pytest.mark.parametrize("bad", [RuntimeError("clock broke"), math.nan, math.inf])
-def test_a_failing_clock_never_escapes_record_later(bad: Exception | float) -> None:
+@pytest.mark.parametrize("bad", [RuntimeError("clock broke"), math.nan, math.inf, "noon"])
+def test_a_failing_clock_never_escapes_record_later(bad: Exception | float | str) -> None:
     now = [0.0]
     broken = [True]
 

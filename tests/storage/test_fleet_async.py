@@ -9,6 +9,7 @@ breaker created inside a running loop, and ``aclose()`` ending them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -153,3 +154,46 @@ def test_async_with_starts_registries_made_before_the_loop_ran(redis_prefix: str
         await storage.client.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("stubborn_for", [1, None], ids=["once", "always"])
+def test_aclose_cancels_again_a_task_that_swallowed_its_cancellation(
+    stubborn_for: int | None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis.asyncio can swallow a cancellation inside a read (redis/redis-py#2028).
+    monkeypatch.setattr("circuitbreaker_http.redis._CLOSE_WAIT", 0.05)
+    storage = AsyncRedisStorage(new_client(), prefix="cbh-test-unused", sync_interval=0.02)
+    cancels: list[int] = []
+    stubborn = [True]
+
+    async def swallowing() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if not stubborn[0] or (stubborn_for is not None and len(cancels) > stubborn_for):
+                    raise
+
+    async def main() -> tuple[asyncio.Task[None], int]:
+        task = asyncio.create_task(swallowing())
+        await asyncio.sleep(0)  # let it start waiting
+        storage._listener = task  # as the storage's own pub/sub task
+        await storage.aclose()  # returns, whatever the task does
+        seen = len(cancels)
+        stubborn[0] = False  # now let it end, so the loop can close
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await storage.client.aclose()
+        return task, seen
+
+    with caplog.at_level("WARNING", logger="circuitbreaker_http"):
+        task, seen = asyncio.run(main())
+    assert task.cancelled()
+    if stubborn_for == 1:
+        assert seen == 2  # the second cancellation ended it
+        assert "did not stop" not in caplog.text
+    else:
+        assert seen == 3  # cancelled three times, then given up on
+        assert "1 task(s) did not stop when cancelled" in caplog.text
