@@ -188,11 +188,13 @@ class LastKnownGood:
             serve while it is down; ``False`` keeps such responses, in memory
             only, under the rules above.
         clock: The clock ages are read from (``time.monotonic`` by default).
+            While it fails (raises, or gives no finite number) nothing is
+            stored or served, and a WARNING says so once; no request fails.
 
     Raises:
         ValueError: a size or ``max_age`` that is not a positive number, an
-            ``otherwise`` that is not a fallback, or a ``honor_no_store`` that
-            is not a bool.
+            ``otherwise`` that is not a fallback, a ``honor_no_store`` that
+            is not a bool, or a ``clock`` that is not callable.
     """
 
     def __init__(
@@ -235,7 +237,10 @@ class LastKnownGood:
         self.max_age = float(max_age)
         self.otherwise = otherwise
         self.honor_no_store = honor_no_store
+        if not callable(clock):
+            raise ValueError(f"LastKnownGood.clock must be a zero-argument callable, got {clock!r}")
         self._clock = clock
+        self._clock_warned = False
         # Keys the credential digests: what is kept in memory cannot be
         # checked against guessed passwords offline, nor matched across processes.
         self._secret = os.urandom(32)
@@ -379,12 +384,16 @@ class LastKnownGood:
             not_stored(url, "Vary: *")
             return
         vary = tuple((name, request_header(name)) for name in sorted(set(vary_names)))
+        stored_at = self._now()
+        if stored_at is None:
+            not_stored(url, "its clock gave no reading")
+            return
         entry = StoredResponse(
             status_code,
             reason,
             tuple(stored_headers),
             bytes(content),
-            self._clock(),
+            stored_at,
             vary,
             own_age or 0,
         )
@@ -413,7 +422,9 @@ class LastKnownGood:
         values) and the request headers its ``Vary`` names match.
         """
         identity = (url, self.credentials(request_header))
-        now = self._clock()
+        now = self._now()
+        if now is None:
+            return None  # how old anything is cannot be told
         with self._lock:
             variants = self._entries.get(identity)
             if not variants:
@@ -431,8 +442,31 @@ class LastKnownGood:
         Its own ``Age`` when it was stored plus the seconds since, so a
         response that was already old when it arrived is not served as younger.
         """
-        since = max(0, int(self._clock() - entry.stored_at))
+        now = self._now()
+        since = 0 if now is None else max(0, int(now - entry.stored_at))
         return min(entry.age + since, _AGE_MAX)
+
+    def _now(self) -> float | None:
+        """A clock reading, or ``None`` (a WARNING, once) when the clock fails.
+
+        A failing clock never fails the request that asked: nothing is stored
+        or served while it fails.
+        """
+        try:
+            now = self._clock()
+            if -math.inf < now < math.inf:
+                return now
+            problem = f"it returned {now!r}, not a finite number"
+        except Exception as exc:  # a TypeError, too, for a reading that is no number
+            problem = f"{type(exc).__name__}: {exc}"
+        if not self._clock_warned:
+            self._clock_warned = True
+            logger.warning(
+                "Last-Known-Good: its clock failed (%s); nothing is stored or served "
+                "while it does (logged once)",
+                problem,
+            )
+        return None
 
     def _shrink(self) -> None:
         entries = self._entries

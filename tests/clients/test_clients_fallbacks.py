@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -335,3 +336,36 @@ def test_a_coroutine_function_fallback_is_refused_only_by_sync_clients(
         return
     with pytest.raises(TypeError, match="cannot await a coroutine-function fallback"):
         client(registry, fallback=fallback)
+
+
+@pytest.mark.parametrize("bad", [RuntimeError("clock broke"), math.nan, "noon"], ids=repr)
+@every_client()
+def test_a_failing_last_known_good_clock_never_fails_a_request(
+    client: ClientFactory, flaky_server: FlakyServer, bad: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings: list[object] = []
+
+    def clock() -> float:
+        if readings:
+            if isinstance(readings[0], Exception):
+                raise readings[0]
+            return readings[0]  # type: ignore[return-value]
+        return 0.0
+
+    lkg = LastKnownGood(clock=clock, otherwise=FallbackResponse(NOTHING))
+    registry = BreakerRegistry(TRIP1, clock=ManualClock())
+    driver = client(registry, fallback=lkg)
+    stored = driver.get("/echo")  # stored while the clock works
+    assert len(lkg) == 1
+    readings.append(bad)
+    with caplog.at_level(logging.WARNING, logger="circuitbreaker_http"):
+        fresh = driver.get("/echo?again")  # its copy cannot be stored: no time to it
+        assert (fresh.status, len(lkg)) == (200, 1)
+        registry.get(flaky_server.url).force_open()
+        # How old the stored copy is cannot be told: nothing is served.
+        assert driver.get("/echo").status == NOTHING
+    warnings = [r for r in caplog.records if "its clock failed" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING  # once
+    readings.clear()
+    stale = driver.get("/echo")
+    assert (stale.status, stale.body) == (200, stored.body)

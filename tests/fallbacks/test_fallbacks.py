@@ -207,6 +207,12 @@ def test_last_known_good_max_age_may_be_an_int() -> None:
     assert type(lkg.max_age) is float
 
 
+@pytest.mark.parametrize("bad", [None, 0.0, "monotonic"])
+def test_last_known_good_clock_must_be_callable(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"LastKnownGood\.clock must be a zero-argument callable"):
+        LastKnownGood(clock=bad)
+
+
 @pytest.mark.parametrize("bad", [5, "503", b"", object()])
 def test_last_known_good_otherwise_must_be_a_fallback(bad: Any) -> None:
     with pytest.raises(ValueError, match=r"LastKnownGood\.otherwise must be"):
