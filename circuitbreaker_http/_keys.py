@@ -11,6 +11,7 @@ URL, and origins are cached in a small bounded dict.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Protocol
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_PORTS",
+    "GuardedKey",
     "HostKey",
     "KeyFunc",
     "RouteKey",
@@ -33,6 +35,52 @@ KeyFunc = Callable[[str, str], "str | None"]
 """``(method, url) -> key``; ``None`` means the request bypasses the breakers."""
 
 _ORIGIN_CACHE_MAX = 4096
+
+logger = logging.getLogger("circuitbreaker_http")
+
+
+class GuardedKey:
+    """A user's key function, called so that it never fails a request.
+
+    A key function that raises, or returns something that is neither a
+    ``str`` nor ``None``, makes the request bypass the breakers, as ``None``
+    would. That is logged at ERROR on the 1st, 10th, 100th, ... such failure,
+    so a broken key function is seen without flooding the log (and without
+    reading a clock).
+    """
+
+    __slots__ = ("failures", "key")
+
+    def __init__(self, key: KeyFunc) -> None:
+        # Typed as what it may return in fact, not as what it should.
+        self.key: Callable[[str, str], object] = key
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"GuardedKey({self.key!r})"
+
+    def __call__(self, method: str, url: str) -> str | None:
+        try:
+            found = self.key(method, url)
+        except Exception:
+            self._failed("raised", True)
+            return None
+        if found is None or isinstance(found, str):
+            return found
+        self._failed(f"returned {found!r}, not a str or None", False)
+        return None
+
+    def _failed(self, what: str, with_traceback: bool) -> None:
+        self.failures = failures = self.failures + 1
+        if failures == 10 ** (len(str(failures)) - 1):  # 1, 10, 100, ...
+            logger.error(
+                "the key function %r %s: the request bypasses the breakers "
+                "(failure %d; logged at the 1st, 10th, 100th, ...)",
+                self.key,
+                what,
+                failures,
+                exc_info=with_traceback,
+            )
 
 
 class PartsKey(Protocol):

@@ -43,7 +43,7 @@ from ._core import BreakerConfig, CallInfo, CircuitState, Verdict
 from ._errors import CircuitOpenError
 from ._fallback import FallbackResponse, LastKnownGood, StoredResponse, not_stored, stale_headers
 from ._info import Marks
-from ._keys import HostKey, split_key
+from ._keys import GuardedKey, HostKey, split_key
 from ._options import EXTENSION, RequestOptions, current_options, request_options
 from ._policy import parse_retry_after
 from ._registry import BreakerRegistry, compile_rules
@@ -746,11 +746,12 @@ class Gate:
             self.lkg = fallback if isinstance(fallback, LastKnownGood) else None
         self.wall_clock = wall_clock
         self.describe = describe
-        self.key = registry.key
         # The built-in keys also take URL parts, so a request is never reparsed.
         self.from_parts: Callable[..., str | None] | None = getattr(
             registry.key, "from_parts", None
         )
+        # A user's key function may raise or return garbage: never a request's failure.
+        self.key = registry.key if self.from_parts is not None else GuardedKey(registry.key)
         self.by_host = isinstance(registry.key, HostKey)
         # breaker -> the Marks its responses let through closed share.
         self._closed_marks: dict[CircuitBreaker, Marks] = {}

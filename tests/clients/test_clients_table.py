@@ -386,6 +386,35 @@ def test_cancelled_request_records_nothing(
     assert snap(registry, flaky_server).state is CLOSED
 
 
+# -- a key function that fails -------------------------------------------------------------------
+
+
+def _raising_key(method: str, url: str) -> str | None:
+    raise RuntimeError("key bug")
+
+
+def _int_key(method: str, url: str) -> str | None:
+    return 42  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("key", [_raising_key, _int_key], ids=["raises", "not-a-str"])
+@every_client()
+def test_a_failing_key_function_bypasses_the_breakers(
+    client: ClientFactory, flaky_server: FlakyServer, key: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = BreakerRegistry(TRIP1, key=key, clock=ManualClock())  # type: ignore[arg-type]
+    driver = client(registry)
+    with caplog.at_level(logging.ERROR, logger="circuitbreaker_http"):
+        for _ in range(12):
+            result = driver.get("/status/503")
+            assert (result.status, result.info) == (503, None)  # through no breaker
+    assert len(registry) == 0
+    errors = [r for r in caplog.records if "the key function" in r.getMessage()]
+    assert [r.levelno for r in errors] == [logging.ERROR] * 2  # the 1st and the 10th
+    assert "failure 10;" in errors[1].getMessage()
+    assert bool(errors[0].exc_info) == (key is _raising_key)  # the traceback of a raise
+
+
 # -- a clock that fails ---------------------------------------------------------------------------
 
 
