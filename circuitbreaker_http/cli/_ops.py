@@ -174,6 +174,8 @@ class _Page:
             _fail(f"--url must be an http:// or https:// URL, got {url!r}", 2)
         self.base = base + "/"
         self.token = token
+        #: The page's recent transitions, newest first, as of the latest :meth:`rows`.
+        self.transitions: list[dict[str, Any]] = []
 
     def _call(self, method: str, path: str) -> Any:
         headers = {"Accept": "application/json"}
@@ -198,6 +200,10 @@ class _Page:
         data = self._call("GET", "breakers")
         if not isinstance(data, dict) or not isinstance(data.get("breakers"), list):
             _fail(f"{self.base}breakers is not a status page's answer", 1)
+        transitions = data.get("transitions")
+        self.transitions = [
+            t for t in (transitions if isinstance(transitions, list) else []) if isinstance(t, dict)
+        ]
         return list(data["breakers"])
 
     def act(
@@ -425,7 +431,15 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{PROG}: {exc} (retrying in {args.watch:g}s)", file=sys.stderr)
         else:
             if args.json:
-                text = json.dumps({"breakers": rows}, indent=None if args.watch else 2)
+                shown: dict[str, Any] = {"breakers": rows}
+                if isinstance(source, _Page):
+                    # A fleet keeps no history; one process's page does.
+                    shown["transitions"] = [
+                        t
+                        for t in source.transitions
+                        if match is None or match(str(t.get("name", "")))
+                    ]
+                text = json.dumps(shown, indent=None if args.watch else 2)
             else:
                 text = _table(rows, fleet)
             if args.watch is not None and tty:

@@ -82,7 +82,25 @@ def test_status_json_and_match(page: str, capsys: pytest.CaptureFixture[str]) ->
     assert rows[0]["calls"] == 1 and rows[0]["state"] == "closed"
     assert "total_rejected" in rows[0]  # the page's own as_dict() rows
     code, out, _ = run(capsys, "status", "--url", page, "--json", "--match", "nothing*")
-    assert (code, json.loads(out)) == (0, {"breakers": []})
+    assert (code, json.loads(out)) == (0, {"breakers": [], "transitions": []})
+
+
+def test_status_json_has_the_pages_transitions_newest_first(
+    registry: BreakerRegistry, page: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.get(KEYS[0]).force_open()
+    registry.get(KEYS[1]).force_open()
+    registry.get(KEYS[0]).reset()
+    code, out, _ = run(capsys, "status", "--url", page, "--json")
+    assert code == 0
+    moves = [(t["name"], t["old"], t["new"]) for t in json.loads(out)["transitions"]]
+    assert moves == [
+        (KEYS[0], "forced_open", "closed"),
+        (KEYS[1], "closed", "forced_open"),
+        (KEYS[0], "closed", "forced_open"),
+    ]
+    code, out, _ = run(capsys, "status", "--url", page, "--json", "--match", "*pay*")
+    assert [t["name"] for t in json.loads(out)["transitions"]] == [KEYS[1]]
 
 
 def test_open_one_key(
