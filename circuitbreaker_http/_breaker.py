@@ -189,9 +189,7 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _FORCED_OPEN = CircuitState.FORCED_OPEN
 _DISABLED = CircuitState.DISABLED
 _DEFAULT_CONFIG = BreakerConfig()
-_INF = math.inf
 _NINF = -math.inf
-_NAN = math.nan
 
 _DEFERRED_DRAIN_AT = 32
 """Past this many queued deferred outcomes, ``record_later`` drains the queue
@@ -267,12 +265,7 @@ def _percent(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate:.0%}"
 
 
-def _finite(reading: object) -> bool:
-    """Whether a clock reading is a finite number."""
-    try:
-        return _NINF < reading < _INF  # type: ignore[operator]
-    except TypeError:  # not a number at all
-        return False
+_finite = _clock.finite
 
 
 class CircuitBreaker:
@@ -302,11 +295,11 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
-        "_clock_warned",
         "_core",
         "_debug_after",
         "_deferred",
         "_dispatching",
+        "_guard",
         "_local",
         "_lock",
         "_on_change",
@@ -362,7 +355,10 @@ class CircuitBreaker:
         #: (logged once) when the clock raises or gives no finite number. A
         #: duration taken with it is NaN when unknown; :meth:`record` takes
         #: that as unknown (not slow).
-        self.timer: Callable[[], float] = clock if _clock.is_standard(clock) else self._guarded
+        self._guard = _clock.ClockGuard(
+            clock, "circuit breaker %r: an outcome or a duration was not recorded", name
+        )
+        self.timer: Callable[[], float] = clock if _clock.is_standard(clock) else self._guard
         self._core = BreakerCore(name, config, random)
         self._lock = Lock()
         # Events waiting to be delivered outside the lock, each with the
@@ -387,7 +383,6 @@ class CircuitBreaker:
         #: Deferred outcomes dropped because the queue was full (read-only).
         self.deferred_dropped = 0
         self._dispatching = False
-        self._clock_warned = False
         # Re-entrancy (see the module docstring): what runs in the current
         # context, a _Mark, _CALL or a _Block.
         self._running: ContextVar[object] = ContextVar(
@@ -1594,18 +1589,6 @@ class CircuitBreaker:
             "not a finite number of seconds"
         )
 
-    def _guarded(self) -> float:
-        """A clock reading, or NaN (logged once) when the clock fails: :attr:`timer`."""
-        try:
-            now = self.clock()
-        except Exception as exc:
-            self._clock_failed(exc)
-            return _NAN
-        if _finite(now):
-            return now
-        self._clock_failed(self._bad_reading(now))
-        return _NAN
-
     def _reading(self) -> float | None:
         """A clock reading to measure with, or ``None`` (logged once) when the clock fails."""
         now = self.timer()
@@ -1627,17 +1610,7 @@ class CircuitBreaker:
 
     def _clock_failed(self, exc: Exception) -> None:
         """Log, once per breaker, that an outcome or a duration was lost to the clock."""
-        if self._clock_warned:
-            return
-        self._clock_warned = True
-        logger.warning(
-            "circuit breaker %r: an outcome or a duration was not recorded: %s: %s "
-            "(its clock raised or gave a reading that is not a finite number; "
-            "logged once per breaker)",
-            self.name,
-            type(exc).__name__,
-            exc,
-        )
+        self._guard.failed(exc)
 
     def _raised(
         self,

@@ -240,7 +240,9 @@ class LastKnownGood:
         if not callable(clock):
             raise ValueError(f"LastKnownGood.clock must be a zero-argument callable, got {clock!r}")
         self._clock = clock
-        self._clock_warned = False
+        self._guard = _clock.ClockGuard(
+            clock, "Last-Known-Good: nothing is stored or served while its clock fails"
+        )
         # Keys the credential digests: what is kept in memory cannot be
         # checked against guessed passwords offline, nor matched across processes.
         self._secret = os.urandom(32)
@@ -452,21 +454,8 @@ class LastKnownGood:
         A failing clock never fails the request that asked: nothing is stored
         or served while it fails.
         """
-        try:
-            now = self._clock()
-            if -math.inf < now < math.inf:
-                return now
-            problem = f"it returned {now!r}, not a finite number"
-        except Exception as exc:  # a TypeError, too, for a reading that is no number
-            problem = f"{type(exc).__name__}: {exc}"
-        if not self._clock_warned:
-            self._clock_warned = True
-            logger.warning(
-                "Last-Known-Good: its clock failed (%s); nothing is stored or served "
-                "while it does (logged once)",
-                problem,
-            )
-        return None
+        now = self._guard()
+        return None if now != now else now  # NaN: the guard saw the clock fail
 
     def _shrink(self) -> None:
         entries = self._entries

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import inspect
 import logging
 import pickle
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -886,3 +888,19 @@ def test_invalid_arguments_raise_type_error(kwargs: dict[str, Any]) -> None:
 def test_name_must_be_a_string() -> None:
     with pytest.raises(TypeError):
         CircuitBreaker(42)  # type: ignore[arg-type]
+
+
+def test_a_breaker_with_its_own_clock_holds_no_reference_cycle() -> None:
+    # Its timer guards the clock without pointing back at the breaker, so a
+    # breaker a registry drops is freed at once, not at the next collection.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        b = CircuitBreaker("svc", BreakerConfig(slow_call_duration=1.0), clock=ManualClock())
+        assert b.call(lambda: "ok") == "ok"
+        gone = weakref.ref(b)
+        del b
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
