@@ -18,8 +18,11 @@ every round sends one batch through every contender, in an order that
 rotates from round to round, and each ratio is taken within one round
 (contender over the bare adapter with the same ``max_retries``), then the
 median of those ratios is reported. Short batches and paired ratios keep a
-busy machine's slow moments from landing on one contender only. This is a
-benchmark that prints, not a test: it asserts nothing.
+busy machine's slow moments from landing on one contender only.
+``--instructions`` counts instructions per request instead (valgrind's
+callgrind, the client process only, the server left out): the same count
+whatever else the machine is doing. This is a benchmark that prints, not a
+test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -254,12 +257,114 @@ def run(mode: Mode, emit_json: bool) -> None:
         print(f"skipped {name}: {reason}")
 
 
+# -- --instructions: callgrind's count of the client's instructions -----------------------------
+
+# Requests per child run: the figure is the difference of the two runs over their gap,
+# so start-up, imports and the warm-up cancel out.
+INSTRUCTION_LOOPS = (200, 1200)
+INSTRUCTION_WARM = 50
+
+
+def _child(name: str, url: str, n: int) -> None:
+    """One ``--instructions`` subprocess: ``n`` requests through contender ``name``."""
+    contender = next(c for c in CONTENDERS if c.name == name)
+    with requests.Session() as session:
+        session.mount("http://", contender.make())
+        get = session.get
+        for _ in range(INSTRUCTION_WARM):
+            assert get(url).status_code == 200
+        gc.disable()
+        for _ in range(n):
+            get(url)
+
+
+def count_instructions(jobs: int, emit_json: bool) -> None:
+    """Instructions per request of our adapter and its bare baselines, by callgrind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    missing = _common.valgrind_missing()
+    if missing:
+        raise SystemExit(f"--instructions needs valgrind: {missing}")
+    low, high = INSTRUCTION_LOOPS
+    names = [BARE, OURS[0], BARE_RETRY, OURS[1]]
+    started = time.perf_counter()
+    with canned_server() as url, ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = {
+            (name, n): pool.submit(
+                _common.callgrind_instructions,
+                [sys.executable, __file__, "--child", name, url, str(n)],
+                {"PYTHONHASHSEED": "0"},
+            )
+            for name in names
+            for n in (low, high)
+        }
+        per = {
+            name: (runs[name, high].result() - runs[name, low].result()) / (high - low)
+            for name in names
+        }
+    baseline = {c.name: c.baseline for c in CONTENDERS}
+    added = {name: (per[name] / per[baseline[name]] - 1) * 100 for name in names}
+    rows: dict[str, dict[str, object]] = {
+        name: {
+            "ir_per_request": per[name],
+            "baseline": baseline[name],
+            "added_pct": added[name],
+        }
+        for name in names
+    }
+    if emit_json:
+        json.dump(
+            {
+                "mode": "instructions",
+                "loops": [low, high],
+                "python": platform.python_version(),
+                "requests": requests.__version__,
+                "aim_pct": (AIM_RATIO - 1) * 100,
+                "contenders": rows,
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return
+    print(
+        f"requests {requests.__version__}, Python {platform.python_version()}: instructions per "
+        f"request (callgrind Ir of {high} requests minus {low}, over {high - low}; the client "
+        f"process only), {time.perf_counter() - started:.0f} s"
+    )
+    print("GET of a 13-byte body over a loopback keep-alive connection, stream=False\n")
+    for name in names:
+        extra = "" if name == baseline[name] else f"  {added[name]:+.2f} % over its bare adapter"
+        print(f"{name:36s} {per[name]:>10,.0f} Ir{extra}")
+    aim = (AIM_RATIO - 1) * 100
+    verdicts = ", ".join(
+        f"{name} {added[name]:+.2f} % {'met' if added[name] <= aim else 'NOT met'}" for name in OURS
+    )
+    print(f"\naim: at most +{(AIM_RATIO - 1) * 100:.1f} % (instructions): {verdicts}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 20 s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind's callgrind instead of timing",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="--instructions: valgrind runs at once (default 2)"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        name, url, n = args.child
+        _child(name, url, int(n))
+        return
+    if args.instructions:
+        count_instructions(max(1, args.jobs), args.json)
+        return
     mode = MODES["quick" if args.quick else "default"]
     if args.rounds:
         mode = Mode(mode.name, args.rounds, mode.batch, mode.deadline_s)
