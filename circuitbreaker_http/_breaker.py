@@ -712,7 +712,7 @@ class CircuitBreaker:
         if drain is True:
             self._drain()
         elif drain is not False:
-            self._clock_failed(drain)
+            self._guard.failed(drain)
 
     def _record_locked(
         self,
@@ -788,7 +788,7 @@ class CircuitBreaker:
         if drain is True:
             self._drain()
         elif drain is not False:
-            self._clock_failed(drain)
+            self._guard.failed(drain)
 
     def record_later(self, permit: int, duration: float | None = None) -> None:
         """Settle ``permit`` as a success without waiting for the lock (safe in ``__del__``).
@@ -1053,7 +1053,7 @@ class CircuitBreaker:
         elif drain is not False:
             # A clock that raised or gave a reading the core refuses must not
             # cost the caller fn's result.
-            self._clock_failed(drain)
+            self._guard.failed(drain)
         return result
 
     def _claim(self, me: object) -> _Mark:
@@ -1584,10 +1584,7 @@ class CircuitBreaker:
         raise self._bad_reading(now)
 
     def _bad_reading(self, now: object) -> ValueError:
-        return ValueError(
-            f"circuit breaker {self.name!r}: its clock returned {now!r}, "
-            "not a finite number of seconds"
-        )
+        return ValueError(f"circuit breaker {self.name!r}: {_clock.not_finite(now)}")
 
     def _reading(self) -> float | None:
         """A clock reading to measure with, or ``None`` (logged once) when the clock fails."""
@@ -1607,10 +1604,6 @@ class CircuitBreaker:
             return None
         end = self._reading()
         return None if end is None else total + (end - start)
-
-    def _clock_failed(self, exc: Exception) -> None:
-        """Log, once per breaker, that an outcome or a duration was lost to the clock."""
-        self._guard.failed(exc)
 
     def _raised(
         self,

@@ -39,6 +39,11 @@ def finite(reading: object) -> bool:
         return False
 
 
+def not_finite(reading: object) -> str:
+    """What is wrong with a clock ``reading`` that :func:`finite` refuses."""
+    return f"its clock returned {reading!r}, not a finite number of seconds"
+
+
 class ClockGuard:
     """A clock read where nothing may raise: NaN when it fails, and one WARNING.
 
@@ -68,7 +73,7 @@ class ClockGuard:
             return math.nan
         if finite(now):
             return now
-        self.failed(ValueError(f"its clock returned {now!r}, not a finite number of seconds"))
+        self.failed(ValueError(not_finite(now)))
         return math.nan
 
     def failed(self, exc: Exception) -> None:

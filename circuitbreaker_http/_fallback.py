@@ -239,7 +239,6 @@ class LastKnownGood:
         self.honor_no_store = honor_no_store
         if not callable(clock):
             raise ValueError(f"LastKnownGood.clock must be a zero-argument callable, got {clock!r}")
-        self._clock = clock
         self._guard = _clock.ClockGuard(
             clock, "Last-Known-Good: nothing is stored or served while its clock fails"
         )

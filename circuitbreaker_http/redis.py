@@ -733,16 +733,17 @@ class AsyncRedisStorage(_RedisBase):
         pending = {task for task in tasks if task.get_loop() is here}
         # redis.asyncio can swallow a cancellation that lands inside a read
         # (redis/redis-py#2028): a task still running after a while is
-        # cancelled again, a bounded number of times.
-        for _ in range(_CLOSE_ATTEMPTS):
+        # cancelled again, up to _CLOSE_ATTEMPTS cancellations in all.
+        for attempt in range(_CLOSE_ATTEMPTS):
             if not pending:
                 return
+            if attempt:
+                for task in pending:
+                    task.cancel()
             done, pending = await asyncio.wait(pending, timeout=_CLOSE_WAIT)
             for task in done:
                 if not task.cancelled():
                     task.exception()  # retrieved, as gather() would: no warning at collection
-            for task in pending:
-                task.cancel()
         if pending:
             logger.warning(
                 "AsyncRedisStorage.aclose: %d task(s) did not stop when cancelled", len(pending)

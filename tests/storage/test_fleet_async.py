@@ -179,7 +179,8 @@ def test_aclose_cancels_again_a_task_that_swallowed_its_cancellation(
         task = asyncio.create_task(swallowing())
         await asyncio.sleep(0)  # let it start waiting
         storage._listener = task  # as the storage's own pub/sub task
-        await storage.aclose()  # returns, whatever the task does
+        # Returns, whatever the task does (a bound, so a hang fails the test).
+        await asyncio.wait_for(storage.aclose(), 5.0)
         seen = len(cancels)
         stubborn[0] = False  # now let it end, so the loop can close
         task.cancel()
